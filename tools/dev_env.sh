@@ -8,5 +8,7 @@ export ROS_LOG_DIR="${ROS_LOG_DIR:-/tmp/sakura_roslog}" ROS_HOME="${ROS_HOME:-/t
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE="$_root/config/fastdds_shm.xml"
 export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
+# Never let the source tree shadow the installed package (which also holds the generated msg/).
+export PYTHONSAFEPATH=1
 mkdir -p "$ROS_LOG_DIR" "$ROS_HOME"
 [ -f "$_root/.ws/install/setup.bash" ] && . "$_root/.ws/install/setup.bash"

@@ -1,0 +1,20 @@
+# The two commands of the README. Both set up what they need first (tools/bootstrap.sh, idempotent).
+.PHONY: demo test setup lint docs bench
+
+setup:
+	@tools/bootstrap.sh
+
+demo: setup
+	@tools/in_env.sh python -m sakura_nexus demo $(ARGS)
+
+test: setup
+	@tools/in_env.sh tools/run_tests.sh $(ARGS)
+
+lint: setup
+	@tools/in_env.sh ruff check .
+
+docs: setup
+	@tools/in_env.sh python -m sakura_nexus.params > docs/parameters.md
+
+bench: setup
+	@tools/in_env.sh python -m sakura_nexus bench $(ARGS)

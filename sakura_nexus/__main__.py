@@ -1,0 +1,5 @@
+import sys
+
+from sakura_nexus.cli import main
+
+sys.exit(main())

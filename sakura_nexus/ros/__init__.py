@@ -1,0 +1,1 @@
+"""rclpy adapters shared by every node: parameters from the schema, QoS, diagnostics, runner."""

@@ -1,0 +1,138 @@
+"""Base class and process runner shared by every sakura_nexus node.
+
+- :class:`NexusNode` is a lifecycle node whose parameters come from the node's schema
+  (:mod:`sakura_nexus.params`), with a diagnostics publisher on ``/diagnostics`` whose counters
+  every node uses for dropped / invalid inputs, and a throttled ``drop()`` helper.
+- :func:`run` spins a node on a multi-threaded executor, transitions it to active when
+  ``autostart`` is set, and on SIGINT/SIGTERM deactivates it (so nodes can send their final safe
+  output while publishers are still active) before shutting down cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import State as LifecycleState
+
+from sakura_nexus.params import NodeSchema
+from sakura_nexus.ros.params import ParamStore
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+class Diagnostics:
+    """Counters and values published as one DiagnosticStatus on /diagnostics."""
+
+    def __init__(self, node, name: str, period: float):
+        self._node = node
+        self._name = f"{node.get_fully_qualified_name()}: {name}"
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.counters: Counter = Counter()
+        self.values: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._level_fn: Callable[[], tuple[int, str]] | None = None
+        self._timer = node.create_timer(period, self.publish)
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    def set(self, key: str, value) -> None:
+        self.values[key] = value
+
+    def level_from(self, fn: Callable[[], tuple[int, str]]) -> None:
+        self._level_fn = fn
+
+    def set_period(self, period: float) -> None:
+        self._timer.cancel()
+        self._node.destroy_timer(self._timer)
+        self._timer = self._node.create_timer(period, self.publish)
+
+    def status(self) -> DiagnosticStatus:
+        level, message = self._level_fn() if self._level_fn else (OK, "ok")
+        with self._lock:
+            items = sorted(self.counters.items())
+        kv = [KeyValue(key=k, value=str(v)) for k, v in items]
+        kv += [KeyValue(key=k, value=str(v)) for k, v in sorted(self.values.items())]
+        return DiagnosticStatus(level=bytes([level]), name=self._name, message=message,
+                                hardware_id=self._node.get_name(), values=kv)
+
+    def publish(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self._node.get_clock().now().to_msg()
+        arr.status = [self.status()]
+        self._pub.publish(arr)
+
+
+class NexusNode(LifecycleNode):
+    """Lifecycle node with schema parameters, diagnostics and drop accounting."""
+
+    def __init__(self, name: str, schema: NodeSchema, **kwargs):
+        super().__init__(name, **kwargs)
+        self.params = ParamStore(self, schema)
+        self.diag = Diagnostics(self, name, self.params["diagnostics_period"]
+                                if "diagnostics_period" in self.params.as_dict() else 1.0)
+        self.params.on_change(self._on_common_change)
+
+    def _on_common_change(self, changed: dict) -> None:
+        if "diagnostics_period" in changed:
+            self.diag.set_period(changed["diagnostics_period"])
+
+    def drop(self, reason: str, detail: str = "") -> None:
+        """Count a dropped input under ``dropped_<reason>`` and log it (throttled)."""
+        self.diag.count(f"dropped_{reason}")
+        self.get_logger().warning(f"dropped input ({reason}){': ' + detail if detail else ''}",
+                                  throttle_duration_sec=5.0)
+
+    @property
+    def is_active(self) -> bool:
+        return self._state_machine.current_state[1] == "active"
+
+    # Default transitions succeed; subclasses call super() last in on_deactivate.
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return TransitionCallbackReturn.SUCCESS
+
+
+def run(factory: Callable[[], NexusNode], args=None, threads: int = 2) -> int:
+    """Run one node until SIGINT/SIGTERM; returns the process exit code."""
+    try:
+        from rclpy.signals import SignalHandlerOptions
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except ImportError:  # very old rclpy
+        rclpy.init(args=args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = factory()
+    executor = MultiThreadedExecutor(num_threads=threads)
+    executor.add_node(node)
+    if node.params.as_dict().get("autostart", True):
+        node.trigger_configure()
+        node.trigger_activate()
+    spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
+    spinner.start()
+    try:
+        while not stop.wait(0.2):
+            if not spinner.is_alive():
+                break
+    finally:
+        node.get_logger().info("shutting down")
+        if node.is_active:
+            node.trigger_deactivate()  # nodes publish their final safe output here
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
