@@ -178,6 +178,8 @@ PERCEPTION = NodeSchema(
         P("quality_min", float, 0.0, "Frames with quality below this are dropped (0 = keep all).", "", 0.0, 1.0),
         P("sensor_reliability", str, "best_effort", "Reliability of the image subscription.", "",
           choices=("best_effort", "reliable"), read_only=True),
+        P("sensor_depth", int, 1, "History depth of the image subscription (1 = latest frame wins; the "
+          "inference thread always takes only the newest frame).", "frames", 1, 1000, read_only=True),
         *_COMMON,
     ),
 )

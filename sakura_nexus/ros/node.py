@@ -61,7 +61,7 @@ class Diagnostics:
             items = sorted(self.counters.items())
         kv = [KeyValue(key=k, value=str(v)) for k, v in items]
         kv += [KeyValue(key=k, value=str(v)) for k, v in sorted(self.values.items())]
-        return DiagnosticStatus(level=bytes([level]), name=self._name, message=message,
+        return DiagnosticStatus(level=level if isinstance(level, bytes) else bytes([level]), name=self._name, message=message,
                                 hardware_id=self._node.get_name(), values=kv)
 
     def publish(self) -> None:
@@ -88,6 +88,7 @@ class NexusNode(LifecycleNode):
     def drop(self, reason: str, detail: str = "") -> None:
         """Count a dropped input under ``dropped_<reason>`` and log it (throttled)."""
         self.diag.count(f"dropped_{reason}")
+        detail = detail if len(detail) < 300 else detail[:300] + "..."
         self.get_logger().warning(f"dropped input ({reason}){': ' + detail if detail else ''}",
                                   throttle_duration_sec=5.0)
 
@@ -122,7 +123,16 @@ def run(factory: Callable[[], NexusNode], args=None, threads: int = 2) -> int:
     if node.params.as_dict().get("autostart", True):
         node.trigger_configure()
         node.trigger_activate()
-    spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
+    def spin():
+        # One failing callback must not take the node down: log it, count it, keep spinning.
+        while rclpy.ok() and not stop.is_set():
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except Exception as e:  # noqa: BLE001
+                node.diag.count("callback_errors")
+                node.get_logger().error(f"callback raised {e!r}", throttle_duration_sec=5.0)
+
+    spinner = threading.Thread(target=spin, name="executor", daemon=True)
     spinner.start()
     try:
         while not stop.wait(0.2):

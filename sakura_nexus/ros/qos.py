@@ -8,10 +8,10 @@ from rclpy.qos import (
 )
 
 
-def sensor_qos(reliability: str = "best_effort") -> QoSProfile:
+def sensor_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:
     """Camera-style input: keep only the newest sample (depth 1) so the latest frame wins."""
     rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel,
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel,
                       durability=DurabilityPolicy.VOLATILE)
 
 

@@ -1,0 +1,249 @@
+"""perception_node: camera images -> Observation (embedding + quality), latest frame wins.
+
+Thin adapter: decoding and preprocessing live in :mod:`sakura_nexus.vision`, the encoder in
+:mod:`sakura_nexus.models`. The image callback only stores the newest frame in a one-slot mailbox;
+a dedicated inference thread (not an executor thread, so parameter services stay responsive)
+takes the newest frame, skipping and counting any frame that was overwritten before it was used.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from sakura_nexus.msg import ModelUpdate, Observation
+from sensor_msgs.msg import CameraInfo, Image
+
+from sakura_nexus import vision
+from sakura_nexus.models.encoder import ENCODER_ID, encoder_from_bytes, inference_encoder
+from sakura_nexus.models.serialization import PayloadError
+from sakura_nexus.params import PERCEPTION
+from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
+from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
+
+
+def load_encoder(path: str):
+    """Load the encoder from an encoder payload file (``state-dict-v1``); empty = shipped encoder."""
+    from sakura_nexus.paths import models_dir
+
+    path = path or str(models_dir() / "encoder.bin")
+    with open(path, "rb") as f:
+        return encoder_from_bytes(f.read())
+
+
+class _AnySize(torch.nn.Module):
+    """Input sizes other than the encoder's native one: pool the conv features to the native grid
+    before the linear layer (the architecture is otherwise unchanged, so weights load as they are)."""
+
+    def __init__(self, enc):
+        super().__init__()
+        self.enc = enc
+        self.grid = enc.image_size // 16
+
+    def forward(self, x):
+        f = torch.nn.functional.adaptive_avg_pool2d(self.enc.conv(x - 0.5), self.grid)
+        return self.enc.norm(self.enc.fc(f.flatten(1)))
+
+
+class _Encoder:
+    """An encoder ready for inference at a given input size (frozen TorchScript, 1 thread)."""
+
+    def __init__(self, enc, version: int):
+        for prm in enc.parameters():
+            prm.requires_grad_(False)
+        self.module = enc.eval()
+        self.version = version
+        self._compiled: dict[tuple[int, int], torch.nn.Module] = {}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[-2:]
+        fn = self._compiled.get((h, w))
+        if fn is None:
+            fn = self._compiled[(h, w)] = self._compile(h, w)
+        with torch.inference_mode():
+            return fn(torch.from_numpy(x)[None]).numpy()[0]
+
+    def _compile(self, h: int, w: int) -> torch.nn.Module:
+        native = self.module.image_size
+        if (h, w) == (native, native):
+            return inference_encoder(self.module, "frozen")
+        m = _AnySize(self.module).eval()
+        with torch.no_grad():
+            return torch.jit.freeze(torch.jit.trace(m, torch.zeros(1, 3, h, w)))
+
+
+class PerceptionNode(NexusNode):
+    def __init__(self, **kwargs):
+        super().__init__("perception_node", PERCEPTION, **kwargs)
+        self._slot: Image | None = None
+        self._slot_lock = threading.Condition()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._encoder: _Encoder | None = None
+        self._undistort = vision.Undistorter()
+        self._cfg = vision.PreprocessConfig()
+        self._last_publish = -1e18
+        self._pub = None
+        self.params.on_change(lambda _changed: self._apply_params())
+        self._apply_params()
+
+    # --- parameters -------------------------------------------------------------------------
+    def _apply_params(self) -> None:
+        p = self.params
+        crop = tuple(float(v) for v in p.crop)
+        self._cfg = vision.PreprocessConfig(
+            width=p.input_width, height=p.input_height, crop=crop if len(crop) == 4 else (0, 0, 1, 1),
+            mean=tuple(p.normalize_mean[:3]), std=tuple(v if v else 1.0 for v in p.normalize_std[:3]),
+            blur_ref=p.quality_blur_ref)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        p = self.params
+        torch.set_num_threads(p.threads)
+        if p.device == "cuda" and not torch.cuda.is_available():
+            self.get_logger().warning("device=cuda requested but CUDA is not available: using cpu")
+        try:
+            enc = load_encoder(p.checkpoint)
+        except Exception as e:  # noqa: BLE001 - report any load failure as a failed configure
+            self.get_logger().error(f"cannot load encoder checkpoint {p.checkpoint!r}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._encoder = _Encoder(enc, p.encoder_version or enc.version)
+        self._pub = self.create_lifecycle_publisher(Observation, "observation", state_qos())
+        sqos = sensor_qos(p.sensor_reliability, p.sensor_depth)
+        self.create_subscription(Image, "image_raw", self._on_image, sqos)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos(p.sensor_reliability))
+        self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
+        self.get_logger().info(f"encoder {ENCODER_ID} v{self._encoder.version}; image_raw QoS {describe(sqos)}")
+        self.diag.set("encoder_version", self._encoder.version)
+        self.diag.level_from(self._level)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._worker.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop.set()
+        with self._slot_lock:
+            self._slot_lock.notify_all()
+        if self._worker:
+            self._worker.join(timeout=2.0)
+        return super().on_deactivate(state)
+
+    def _level(self):
+        c = self.diag.counters
+        if self._encoder is None:
+            return ERROR, "no encoder"
+        dropped = sum(v for k, v in c.items() if k.startswith("dropped_"))
+        if dropped and dropped >= c.get("published", 0):
+            return WARN, f"{dropped} frames dropped, {c.get('published', 0)} published"
+        return OK, f"encoder v{self._encoder.version}, {c.get('published', 0)} observations"
+
+    # --- inputs -----------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        self.diag.count("received")
+        try:  # cheap structural check here, so every malformed frame is counted, even if superseded
+            vision.check(self.params.input_encoding or msg.encoding, msg.height, msg.width, msg.step,
+                         len(msg.data))
+        except vision.ImageError as e:
+            self.drop(e.reason, str(e))
+            return
+        with self._slot_lock:
+            if self._slot is not None:
+                self.diag.count("skipped_latest_wins")
+            self._slot = msg
+            self._slot_lock.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            if self._undistort.update(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model):
+                self.get_logger().info(f"undistortion maps updated ({msg.distortion_model}, "
+                                       f"{'active' if self._undistort.active else 'no distortion'})")
+        except Exception as e:  # noqa: BLE001 - a broken CameraInfo must not kill the node
+            self.drop("camera_info", str(e))
+
+    def _on_model_update(self, msg: ModelUpdate) -> None:
+        if msg.model_id != "encoder":
+            return
+        current = self._encoder
+        try:
+            enc = encoder_from_bytes(bytes(msg.payload), expected_sha256=msg.sha256,
+                                     like=current.module if current else None)
+            new = _Encoder(enc, int(msg.version))
+            new(np.zeros((3, self._cfg.height, self._cfg.width), np.float32))  # compile before the swap
+        except (PayloadError, ValueError, RuntimeError, KeyError) as e:
+            self.diag.count("model_update_rejected")
+            self.get_logger().error(f"rejected encoder update v{msg.version}: {e}")
+            return
+        self._encoder = new  # atomic reference swap: the next frame uses it, the current one finishes
+        self.diag.count("model_update_applied")
+        self.diag.set("encoder_version", new.version)
+        self.get_logger().info(f"encoder hot-swapped to v{new.version}")
+
+    # --- inference thread -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._slot_lock:
+                while self._slot is None and not self._stop.is_set():
+                    self._slot_lock.wait(0.5)
+                msg, self._slot = self._slot, None
+            if msg is not None:
+                try:
+                    self._process(msg)
+                except Exception as e:  # noqa: BLE001 - never let one frame kill the thread
+                    self.drop("error", repr(e))
+
+    def _process(self, msg: Image) -> None:
+        p = self.params
+        t0 = time.perf_counter()
+        now = self.get_clock().now().nanoseconds * 1e-9
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if p.rate_limit > 0 and stamp - self._last_publish < 1.0 / p.rate_limit - 1e-6:
+            self.diag.count("skipped_rate_limit")
+            return
+        if p.max_image_age > 0 and now - stamp > p.max_image_age:
+            self.drop("stale", f"image {now - stamp:.3f} s old")
+            return
+        encoding = p.input_encoding or msg.encoding
+        try:
+            rgb = vision.decode(encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data,
+                                depth_max=p.depth_max)
+            if p.undistort:
+                rgb = self._undistort.apply(rgb)
+        except vision.ImageError as e:
+            self.drop(e.reason, str(e))
+            return
+        cfg = self._cfg
+        small = vision.crop_resize(rgb, cfg)
+        q = vision.quality(small, cfg.blur_ref)
+        if q < p.quality_min:
+            self.drop("quality", f"quality {q:.2f} < {p.quality_min}")
+            return
+        encoder = self._encoder
+        emb = encoder(vision.normalise(small, cfg))
+        if not np.all(np.isfinite(emb)):
+            self.drop("nan_embedding")
+            return
+        out = Observation()
+        out.header = msg.header
+        out.encoder_id = ENCODER_ID
+        out.model_version = encoder.version
+        out.embedding = emb.astype(np.float32)
+        out.quality = q
+        out.compute_time = time.perf_counter() - t0
+        self._pub.publish(out)
+        self._last_publish = stamp
+        self.diag.count("published")
+
+
+def main(args=None) -> int:
+    return run(PerceptionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""perception_node as a separate process: encodings, undistortion, overrides, fuzzing, live
+parameters and encoder hot-swap, through real DDS."""
+
+import hashlib
+import random
+import time
+
+import cv2
+import numpy as np
+import pytest
+from helpers import NodeProcess, wait_for
+
+pytestmark = pytest.mark.ros
+
+# Tolerance for "same embedding as the rgb8 frame": the embedding is layer-normalised (entries ~N(0,1));
+# 16UC1/32FC1 depth quantise grey levels by <= 1/255, which moves entries by ~1e-3. 0.02 is 20x that
+# and still far below the distance between embeddings of different images (checked below: > 0.1).
+EMB_TOL = 0.02
+
+
+@pytest.fixture(scope="module")
+def encoder_files(tmp_path_factory):
+    import torch
+
+    from sakura_nexus.models.encoder import ConvEncoder, encoder_to_bytes
+
+    d = tmp_path_factory.mktemp("enc")
+    torch.manual_seed(1)
+    v1 = ConvEncoder(version=1)
+    (d / "v1.bin").write_bytes(encoder_to_bytes(v1))
+    torch.manual_seed(2)
+    v2 = encoder_to_bytes(ConvEncoder(), version=2)
+    return d / "v1.bin", v2
+
+
+def _scene(h=240, w=320, seed=0):
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _image(arr: np.ndarray, encoding: str, stamp_ns: int, pad: int = 0, bigendian=False):
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    msg.header.frame_id = "camera_optical_frame"
+    msg.height, msg.width = arr.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = int(bigendian)
+    rows = np.ascontiguousarray(arr).reshape(arr.shape[0], -1).view(np.uint8)
+    if pad:
+        rows = np.hstack([rows, np.zeros((rows.shape[0], pad), np.uint8)])
+    msg.step = rows.shape[1]
+    msg.data = rows.tobytes()
+    return msg
+
+
+class Rig:
+    def __init__(self, ros_node, params, name="perception_node"):
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sakura_nexus.msg import ModelUpdate, Observation
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.ros = ros_node
+        self.name = name
+        rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.img_pub = ros_node.create_publisher(Image, "image_raw", rel)
+        self.info_pub = ros_node.create_publisher(CameraInfo, "camera_info", rel)
+        self.model_pub = ros_node.create_publisher(ModelUpdate, "model_update", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.obs = ros_node.collect(Observation, "observation", 100)
+        self.proc = NodeProcess("perception", {"sensor_reliability": "reliable", "max_image_age": 0.0, **params})
+        self._t = time.time_ns()
+
+    def stamp(self):
+        self._t += 10_000_000
+        return self._t
+
+    def embed(self, arr, encoding="rgb8", **kw):
+        """Publish one frame and return the Observation for it (matched by stamp)."""
+        s = self.stamp()
+        msg = _image(arr, encoding, s, **kw)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            self.img_pub.publish(msg)
+            if wait_for(lambda: any(self._ns(o) == s for o in self.obs), 1.0):
+                return next(o for o in self.obs if self._ns(o) == s)
+        raise AssertionError(f"no observation for stamp {s}; node output:\n{self.proc.output()[-3000:]}")
+
+    @staticmethod
+    def _ns(o):
+        return o.header.stamp.sec * 10**9 + o.header.stamp.nanosec
+
+    def diagnostics(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        got = self.ros.collect(DiagnosticArray, "/diagnostics", 10)
+        assert wait_for(lambda: any(self.name in s.name for a in got for s in a.status), 5)
+        st = [s for a in got for s in a.status if self.name in s.name][-1]
+        return {kv.key: kv.value for kv in st.values}
+
+
+def test_every_encoding_gives_the_rgb8_embedding(ros_node, encoder_files):
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0]), "undistort": False, "depth_max": 10.0})
+    try:
+        rgb = _scene()
+        ref = np.array(rig.embed(rgb).embedding)
+        other = np.array(rig.embed(_scene(seed=5)).embedding)
+        assert np.abs(other - ref).max() > 5 * EMB_TOL  # the tolerance separates different images
+        h, w = rgb.shape[:2]
+        colour = {
+            "bgr8": (rgb[:, :, ::-1], {}), "rgba8": (np.dstack([rgb, np.full((h, w), 255, np.uint8)]), {}),
+            "bgra8": (np.dstack([rgb[:, :, ::-1], np.full((h, w), 9, np.uint8)]), {"pad": 64}),
+            "rgb8": (rgb, {"pad": 12}),
+        }
+        for enc, (arr, kw) in colour.items():
+            got = np.array(rig.embed(arr, enc, **kw).embedding)
+            assert np.abs(got - ref).max() < EMB_TOL, enc
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        gref = np.array(rig.embed(np.dstack([grey] * 3)).embedding)
+        mono = {
+            "mono8": (grey, {"pad": 3}), "mono16": ((grey.astype(np.uint16) * 257).astype(">u2"),
+                                                    {"bigendian": True, "pad": 4}),
+            "16UC1": (np.rint(grey / 255.0 * 10000).astype("<u2"), {}),
+            "32FC1": ((grey / 255.0 * 10.0).astype("<f4"), {"pad": 8}),
+        }
+        for enc, (arr, kw) in mono.items():
+            got = np.array(rig.embed(arr, enc, **kw).embedding)
+            assert np.abs(got - gref).max() < EMB_TOL, enc
+        # mislabelled driver: bgr8 bytes announced as rgb8; the override restores the colours
+        wrong = np.array(rig.embed(rgb[:, :, ::-1], "rgb8").embedding)
+        assert np.abs(wrong - ref).max() > 5 * EMB_TOL
+        res = rig.ros.set_params("perception_node", {"input_encoding": "bgr8"})
+        assert res[0].successful
+        fixed = np.array(rig.embed(rgb[:, :, ::-1], "rgb8").embedding)
+        assert np.abs(fixed - ref).max() < EMB_TOL
+    finally:
+        assert rig.proc.stop() == 0
+
+
+def test_camera_info_undistortion_is_applied(ros_node, encoder_files):
+    from sensor_msgs.msg import CameraInfo
+
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0])})
+    try:
+        rgb = _scene()
+        plain = np.array(rig.embed(rgb).embedding)
+        info = CameraInfo(width=320, height=240, distortion_model="plumb_bob")
+        info.k = [250.0, 0.0, 160.0, 0.0, 250.0, 120.0, 0.0, 0.0, 1.0]
+        info.d = [-0.45, 0.25, 0.0, 0.0, 0.0]
+        rig.info_pub.publish(info)
+        assert wait_for(lambda: "undistortion maps updated" in rig.proc.output(), 10)
+        undist = np.array(rig.embed(rgb).embedding)
+        expected = cv2.remap(rgb, *cv2.initUndistortRectifyMap(np.array(info.k).reshape(3, 3), np.array(info.d),
+                                                                None, np.array(info.k).reshape(3, 3), (320, 240),
+                                                                cv2.CV_16SC2), cv2.INTER_LINEAR)
+        info.d = [0.0] * 5
+        rig.info_pub.publish(info)
+        assert wait_for(lambda: rig.proc.output().count("undistortion maps updated") >= 2, 10)
+        manual = np.array(rig.embed(expected).embedding)
+        assert np.abs(undist - plain).max() > 5 * EMB_TOL  # it changed the input
+        assert np.abs(undist - manual).max() < EMB_TOL  # ... exactly as the CameraInfo model says
+    finally:
+        rig.proc.stop()
+
+
+def test_fuzzed_images_never_kill_the_node_and_are_all_counted(ros_node, encoder_files):
+    # reliable + a deep reader history so every malformed message is delivered (the default, depth 1,
+    # would let DDS overwrite unread ones before the node sees them: those are never "received")
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0]), "sensor_depth": 200})
+    rng = random.Random(7)
+    encodings = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1", "yuv422", "", "jpeg"]
+    try:
+        rig.embed(_scene())  # node up
+        n_bad, valid_stamps = 0, []
+        from sensor_msgs.msg import Image
+
+        for i in range(2100):
+            if i % 100 == 50:  # a valid frame between malformed ones must still be processed
+                s = rig.stamp()
+                valid_stamps.append(s)
+                rig.img_pub.publish(_image(_scene(seed=i), "rgb8", s))
+                time.sleep(0.05)
+                continue
+            m = Image()
+            m.height, m.width = rng.choice([0, 1, 7, 240, 2**20]), rng.choice([0, 1, 5, 320, 2**20])
+            m.encoding = rng.choice(encodings)
+            m.step = max(0, rng.choice([0, 1, m.width, m.width * 3 + rng.randint(-3, 3), 2**31 - 1]))
+            m.is_bigendian = rng.randint(0, 1)
+            n = rng.choice([0, 1, 13, 1000, m.step * m.height - 1 if 0 < m.step * m.height < 10**6 else 5])
+            data = bytes(rng.getrandbits(8) for _ in range(min(n, 2000)))
+            if m.step * m.height == len(data) and m.encoding in encodings[:8]:
+                data += b"\x00"  # keep it malformed: the size is inconsistent
+            m.data = data
+            rig.img_pub.publish(m)
+            n_bad += 1
+            time.sleep(0.001)
+        assert wait_for(lambda: sum(1 for o in rig.obs if rig._ns(o) in valid_stamps) >= len(valid_stamps) - 2, 20)
+        rig.embed(_scene(seed=99))  # still alive and processing
+        assert rig.proc.alive()
+        d = rig.diagnostics()
+        dropped = sum(int(v) for k, v in d.items() if k.startswith("dropped_"))
+        assert dropped == n_bad, d
+    finally:
+        rig.proc.stop()
+
+
+def test_live_parameters_and_hot_swap(ros_node, encoder_files):
+    from sakura_nexus.msg import ModelUpdate
+
+    from sakura_nexus.models.serialization import sha256_hex
+
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0])})
+    try:
+        rgb = _scene()
+        a = rig.embed(rgb)
+        assert a.model_version == 1
+        res = rig.ros.set_params("perception_node", {"input_width": 96, "input_height": 96})
+        assert all(r.successful for r in res)
+        b = rig.embed(rgb)
+        assert len(b.embedding) == len(a.embedding)
+        assert np.abs(np.array(b.embedding) - np.array(a.embedding)).max() > 1e-3  # new size in effect
+        bad = rig.ros.set_params("perception_node", {"input_width": 5})
+        assert not bad[0].successful and "range" in bad[0].reason
+        bad = rig.ros.set_params("perception_node", {"device": "cuda"})
+        assert not bad[0].successful  # read-only
+        # rate limit: 30 Hz in, <= 2 Hz out
+        rig.ros.set_params("perception_node", {"rate_limit": 2.0})
+        n0 = len(rig.obs)
+        for _ in range(60):
+            rig.img_pub.publish(_image(rgb, "rgb8", rig.stamp() + 23_333_333))
+            rig._t += 23_333_333
+            time.sleep(1 / 30)
+        time.sleep(0.5)
+        assert 1 <= len(rig.obs) - n0 <= 5
+        rig.ros.set_params("perception_node", {"rate_limit": 0.0})
+
+        # hot swap mid-stream: every frame gets an observation, the version switches v1 -> v2
+        payload = encoder_files[1]
+        stamps, versions = [], []
+        for i in range(30):
+            if i == 10:
+                rig.model_pub.publish(ModelUpdate(model_id="encoder", version=2, codec="state-dict-v1",
+                                                  payload=payload, sha256=sha256_hex(payload)))
+            o = rig.embed(_scene(seed=i % 3))
+            stamps.append(o.header.stamp)
+            versions.append(o.model_version)
+            time.sleep(0.03)
+        assert versions[0] == 1 and versions[-1] == 2
+        first2 = versions.index(2)
+        assert all(v == 2 for v in versions[first2:])
+        # a corrupt update (bad sha) is refused; the old model keeps running
+        rig.model_pub.publish(ModelUpdate(model_id="encoder", version=3, codec="state-dict-v1", payload=payload,
+                                          sha256=hashlib.sha256(b"other").hexdigest()))
+        assert wait_for(lambda: "rejected encoder update v3" in rig.proc.output(), 10)
+        assert rig.embed(rgb).model_version == 2
+    finally:
+        rig.proc.stop()
