@@ -125,7 +125,7 @@ class SpinningNode:
         fut = client.call_async(GetParameters.Request(names=names))
         assert wait_for(fut.done, timeout), "get_parameters timed out"
         self.node.destroy_client(client)
-        return {n: parameter_value_to_python(v) for n, v in zip(names, fut.result().values)}
+        return {n: parameter_value_to_python(v) for n, v in zip(names, fut.result().values, strict=True)}
 
     def close(self):
         self._executor.shutdown(timeout_sec=1.0)

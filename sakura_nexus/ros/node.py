@@ -61,8 +61,9 @@ class Diagnostics:
             items = sorted(self.counters.items())
         kv = [KeyValue(key=k, value=str(v)) for k, v in items]
         kv += [KeyValue(key=k, value=str(v)) for k, v in sorted(self.values.items())]
-        return DiagnosticStatus(level=level if isinstance(level, bytes) else bytes([level]), name=self._name, message=message,
-                                hardware_id=self._node.get_name(), values=kv)
+        level = level if isinstance(level, bytes) else bytes([level])
+        return DiagnosticStatus(level=level, name=self._name, message=message, hardware_id=self._node.get_name(),
+                                values=kv)
 
     def publish(self) -> None:
         arr = DiagnosticArray()
