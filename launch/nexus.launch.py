@@ -1,0 +1,59 @@
+"""The four sakura_nexus nodes of one robot (perception, world model, policy, federated sync).
+
+Include it from your own launch file:
+
+    IncludeLaunchDescription(PythonLaunchDescriptionSource(
+        [FindPackageShare('sakura_nexus'), '/launch/nexus.launch.py']),
+        launch_arguments={'namespace': 'robot1', 'use_sim_time': 'true',
+                          'camera_topic': '/front_camera/image_raw'}.items())
+
+Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync and the topic remaps
+camera_topic, camera_info_topic, odom_topic, cmd_vel_topic. The same use_sim_time goes to every node.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+from sakura_nexus.bringup import NEXUS, TOPIC_DEFAULTS
+
+
+def generate_launch_description():
+    share = get_package_share_directory("sakura_nexus")
+    args = [
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of this robot"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (sim) time"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "nexus.yaml"),
+                              description="Parameters of the nodes (use /**/<node> keys)"),
+        DeclareLaunchArgument("log_level", default_value="info", description="Log level of every node"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="Configure + activate the lifecycle nodes on start-up"),
+        DeclareLaunchArgument("with_sync", default_value="true", description="Start federated_sync_node"),
+        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092",
+                              description="Fleet aggregator (Flower SuperLink Fleet API) address"),
+    ] + [DeclareLaunchArgument(k, default_value=v, description=f"Remap of {v}") for k, v in TOPIC_DEFAULTS.items()]
+
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    autostart = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
+    nodes = []
+    for spec in NEXUS:
+        extra = {"use_sim_time": use_sim_time, "autostart": autostart}
+        if spec.name == "federated_sync_node":
+            extra["superlink"] = LaunchConfiguration("superlink")
+        nodes.append(Node(
+            package="sakura_nexus", executable=spec.executable, name=spec.name,
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), extra],
+            remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in spec.remaps.items()],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            condition=IfCondition(LaunchConfiguration("with_sync")) if spec.name == "federated_sync_node" else None,
+            output="screen", emulate_tty=True,
+        ))
+    profile = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))
+    return LaunchDescription([*args, profile, *nodes])

@@ -1,0 +1,42 @@
+"""MuJoCo factory cell (sim_node) + the sakura_nexus nodes, all on sim time.
+
+    ros2 launch sakura_nexus sim.launch.py namespace:=robot1 seed:=3
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("sakura_nexus")
+    args = [
+        DeclareLaunchArgument("namespace", default_value=""),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "nexus.yaml")),
+        DeclareLaunchArgument("log_level", default_value="info"),
+        DeclareLaunchArgument("seed", default_value="0", description="Factory layout seed"),
+        DeclareLaunchArgument("with_sync", default_value="true"),
+        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092"),
+    ]
+    sim = Node(
+        package="sakura_nexus", executable="sim_node", name="sim_node", namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), {"seed": LaunchConfiguration("seed")}],
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        output="screen",
+    )
+    nexus = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(os.path.join(share, "launch", "nexus.launch.py")),
+        launch_arguments={
+            "namespace": LaunchConfiguration("namespace"), "use_sim_time": "true",
+            "params_file": LaunchConfiguration("params_file"), "log_level": LaunchConfiguration("log_level"),
+            "with_sync": LaunchConfiguration("with_sync"), "superlink": LaunchConfiguration("superlink"),
+        }.items(),
+    )
+    env = [SetEnvironmentVariable("MUJOCO_GL", "egl"),
+           SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))]
+    return LaunchDescription([*args, *env, sim, nexus])
