@@ -221,6 +221,8 @@ POLICY = NodeSchema(
     "policy_node",
     "Plans in the world model toward the goal and drives the robot through the safety layer.",
     (
+        P("checkpoint", str, "", "World-model checkpoint the planner rolls out; empty = the shipped one.",
+          read_only=True),
         P("controller", str, "mpc", "mpc = world-model MPPI; go_to_goal = baseline ignoring the model.", "",
           choices=("mpc", "go_to_goal")),
         P("control_rate", float, 20.0, "Rate of the cmd_vel timer.", "Hz", 1.0, 200.0, read_only=True),

@@ -1,0 +1,278 @@
+"""policy_node: plans in the world model toward the goal; every command passes the safety layer.
+
+Thin adapter over :mod:`sakura_nexus.control` (MPPI planner, go-to-goal baseline, safety layer).
+
+Timing: a new ``world_state`` is planned on at once and its command published right away (so the
+image-stamp -> cmd_vel latency is planning time, not timer phase); the control timer at
+``control_rate`` publishes whenever no command went out during the last period — that is the path
+the watchdog, e-stop and goal stop take when inputs stop, so cmd_vel never falls below the control
+rate. Both paths go through the one SafetyLayer, which bounds velocity/accel/jerk for any spacing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import torch
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
+from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from sakura_nexus.control.baseline import GoToGoal
+from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
+from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
+from sakura_nexus.models.serialization import PayloadError
+from sakura_nexus.models.world_model import world_model_from_bytes
+from sakura_nexus.msg import ModelUpdate, WorldState
+from sakura_nexus.params import POLICY
+from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
+from sakura_nexus.ros.qos import model_qos, state_qos
+
+
+def load_world_model(path: str = ""):
+    from sakura_nexus.paths import models_dir
+
+    path = path or str(models_dir() / "world_model.bin")
+    with open(path, "rb") as f:
+        return world_model_from_bytes(f.read())
+
+
+def _stamp_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _yaw(q) -> float:
+    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+
+
+class PolicyNode(NexusNode):
+    def __init__(self, **kwargs):
+        super().__init__("policy_node", POLICY, **kwargs)
+        self._lock = threading.Lock()
+        self._safety = SafetyLayer(self._limits())
+        self._baseline = GoToGoal()
+        self._planner: MPPIPlanner | None = None
+        self._model = None
+        self._goal: tuple[float, float, float] | None = None
+        self._goal_stamp = None
+        self._state: WorldState | None = None
+        self._state_time: float | None = None   # stamp (s) of the last world_state
+        self._pose: tuple[float, float, float] | None = None
+        self._target = (0.0, 0.0)
+        self._last_pub = -math.inf               # node-clock time of the last cmd_vel
+        self._goal_reached = False
+        self._pub = self._plan_pub = None
+        self.params.on_change(self._on_params)
+
+    # --- parameters -------------------------------------------------------------------------
+    def _limits(self) -> SafetyLimits:
+        p = self.params
+        return SafetyLimits(
+            max_v=max(p.max_v, 1e-6), max_w=max(p.max_w, 1e-6), max_acc_v=p.max_acc_v, max_acc_w=p.max_acc_w,
+            max_jerk_v=p.max_jerk_v, max_jerk_w=p.max_jerk_w, control_period=1.0 / p.control_rate,
+            watchdog_timeout=p.watchdog_timeout, uncertainty_slow=min(p.uncertainty_slow, p.uncertainty_stop - 1e-6),
+            uncertainty_stop=p.uncertainty_stop, collision_stop=max(p.collision_stop, 1e-6),
+            goal_tolerance=p.goal_tolerance, goal_yaw_tolerance=p.goal_yaw_tolerance)
+
+    def _mppi_config(self) -> MPPIConfig:
+        p = self.params
+        return MPPIConfig(samples=p.samples, horizon=p.horizon, iterations=p.iterations, temperature=p.temperature,
+                          noise_v=p.noise_v, noise_w=p.noise_w, v_max=p.max_v, w_max=p.max_w, w_goal=p.w_goal,
+                          w_collision=p.w_collision, w_uncertainty=p.w_uncertainty, w_smooth=p.w_smooth)
+
+    def _on_params(self, changed: dict) -> None:
+        # Applied at once: the next control cycle uses the new limits / planner settings.
+        self._safety.set_limits(self._limits())
+        if self._planner is not None and set(changed) - {"controller", "diagnostics_period"}:
+            self._planner.set_config(self._mppi_config())
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        p = self.params
+        torch.set_num_threads(1)
+        try:
+            self._model = load_world_model(p.checkpoint)
+            self._planner = MPPIPlanner(self._model, self._mppi_config())
+        except Exception as e:  # noqa: BLE001
+            if p.controller == "mpc":
+                self.get_logger().error(f"cannot load world model: {e}")
+                return TransitionCallbackReturn.FAILURE
+            self.get_logger().warning(f"no world model ({e}); go_to_goal only")
+        cmd_type = TwistStamped if p.twist_stamped else Twist
+        self._pub = self.create_lifecycle_publisher(cmd_type, "cmd_vel", state_qos())
+        self._plan_pub = self.create_lifecycle_publisher(Path, "plan", state_qos())
+        plan_group = MutuallyExclusiveCallbackGroup()  # planning never blocks parameter services
+        self.create_subscription(WorldState, "world_state", self._on_world_state, state_qos(1),
+                                 callback_group=plan_group)
+        self.create_subscription(Odometry, "odom", self._on_odom, state_qos())
+        self.create_subscription(PoseStamped, "goal_pose", self._on_goal, state_qos())
+        self.create_subscription(Bool, "e_stop", self._on_estop, state_qos())
+        self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
+        self.create_service(Trigger, "reset_estop", self._on_reset_estop)
+        self._timer = self.create_timer(1.0 / p.control_rate, self._on_timer, callback_group=plan_group)
+        self.diag.level_from(self._level)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        # The final zero goes out BEFORE the publisher is deactivated, or it would be dropped.
+        self._publish(0.0, 0.0, None)
+        self.get_logger().info("deactivating: published zero cmd_vel")
+        return super().on_deactivate(state)
+
+    def _level(self):
+        last = self._safety.last
+        if self._safety.estopped:
+            return ERROR, "e-stop latched (call reset_estop)"
+        if last.stopping and self._goal is not None and not self._goal_reached:
+            return WARN, "stopping: " + ",".join(last.reasons)
+        return OK, ("goal reached" if self._goal_reached else "tracking goal" if self._goal else "idle")
+
+    # --- inputs -----------------------------------------------------------------------------
+    def _on_goal(self, msg: PoseStamped) -> None:
+        frame = self.params.odom_frame
+        if msg.header.frame_id != frame:
+            self.diag.count("goals_refused")
+            self.get_logger().error(f"goal refused: frame '{msg.header.frame_id}' is not '{frame}' "
+                                    "(no tf is assumed; send goals in the odometry frame)")
+            return
+        p = msg.pose.position
+        if not all(map(math.isfinite, (p.x, p.y))):
+            self.drop("goal_nan")
+            return
+        yaw = _yaw(msg.pose.orientation)
+        with self._lock:
+            self._goal = (p.x, p.y, yaw)
+            self._goal_reached = False
+            if self._planner is not None:
+                self._planner.reset()
+        self.diag.count("goals_accepted")
+        self.get_logger().info(f"new goal ({p.x:.2f}, {p.y:.2f}, {yaw:.2f})")
+
+    def _on_odom(self, msg: Odometry) -> None:
+        q = msg.pose.pose.orientation
+        self._pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            if not self._safety.estopped:
+                self.get_logger().error("E-STOP latched")
+            self._safety.trigger_estop("e_stop topic")
+            self.diag.count("estops")
+            self._publish_safe(self._now())
+
+    def _on_reset_estop(self, request, response):
+        self._safety.reset_estop()
+        response.success, response.message = True, "e-stop released"
+        self.get_logger().warning("e-stop released by reset_estop")
+        return response
+
+    def _on_model_update(self, msg: ModelUpdate) -> None:
+        if msg.model_id != "world_model" or self._model is None:
+            return
+        try:
+            model = world_model_from_bytes(bytes(msg.payload), expected_sha256=msg.sha256, like=self._model)
+            model.version = int(msg.version)
+        except (PayloadError, ValueError, KeyError, RuntimeError) as e:
+            self.diag.count("model_update_rejected")
+            self.get_logger().error(f"rejected world-model update v{msg.version}: {e}")
+            return
+        planner = MPPIPlanner(model, self._mppi_config())
+        with self._lock:
+            self._model, self._planner = model, planner
+        self.diag.count("model_update_applied")
+        self.diag.set("world_model_version", msg.version)
+
+    def _on_world_state(self, msg: WorldState) -> None:
+        stamp = _stamp_s(msg.header.stamp)
+        if not all(map(math.isfinite, (msg.pose_x, msg.pose_y, msg.uncertainty, msg.collision_risk))):
+            self.drop("nan_world_state")
+            return
+        if len(msg.latent) != msg.latent_dim or msg.latent_dim == 0:
+            self.drop("bad_world_state", f"latent has {len(msg.latent)} values, latent_dim {msg.latent_dim}")
+            return
+        if self._state_time is not None and stamp < self._state_time:
+            self.drop("out_of_order")
+            return
+        self._state, self._state_time = msg, stamp
+        self._target = self._plan(msg)
+        self._publish_safe(self._now(), msg)
+
+    # --- control ----------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _plan(self, msg: WorldState) -> tuple[float, float]:
+        with self._lock:
+            goal, planner = self._goal, self._planner
+        if goal is None:
+            return (0.0, 0.0)
+        pose = self._pose or (msg.pose_x, msg.pose_y, msg.pose_yaw)
+        if self.params.controller == "go_to_goal" or planner is None:
+            return self._baseline.command(pose, goal)
+        t0 = time.perf_counter()
+        z = torch.tensor(msg.latent, dtype=torch.float32)
+        res = planner.plan(z, goal, prev_action=self._target, position=pose[:2])
+        dt = time.perf_counter() - t0
+        self.diag.set("plan_ms", round(dt * 1e3, 3))
+        if self._plan_pub is not None and self._plan_pub.is_activated:
+            path = Path()
+            path.header = msg.header
+            path.header.frame_id = self.params.odom_frame
+            for x, y, yaw in res.predicted_poses:
+                ps = PoseStamped()
+                ps.header = path.header
+                ps.pose.position.x, ps.pose.position.y = float(x), float(y)
+                ps.pose.orientation.z, ps.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+                path.poses.append(ps)
+            self._plan_pub.publish(path)
+        return res.action
+
+    def _publish_safe(self, now: float, msg: WorldState | None = None) -> None:
+        state = self._state
+        pose = self._pose or ((state.pose_x, state.pose_y, state.pose_yaw) if state else None)
+        reached = bool(self._goal and pose and goal_reached(pose, self._goal, self._safety.limits))
+        if reached and not self._goal_reached:
+            self.get_logger().info("goal reached")
+            self.diag.count("goals_reached")
+            self._goal_reached = True  # latched for reporting until the next goal
+        target = (0.0, 0.0) if self._goal is None else self._target
+        cmd = self._safety.filter(target[0], target[1], now, self._state_time,
+                                  state.uncertainty if state else 0.0, state.collision_risk if state else 0.0,
+                                  goal_reached=reached)
+        self.diag.set("safety", ",".join(cmd.reasons) or "nominal")
+        self._publish(cmd.v, cmd.w, msg.header.stamp if msg is not None else None)
+
+    def _on_timer(self) -> None:
+        now = self._now()
+        if now - self._last_pub >= 0.9 / self.params.control_rate:
+            self._publish_safe(now)
+
+    def _publish(self, v: float, w: float, stamp) -> None:
+        if self._pub is None:
+            return
+        twist = Twist()
+        twist.linear.x, twist.angular.z = float(v), float(w)
+        if self.params.twist_stamped:
+            out = TwistStamped()
+            out.header.frame_id = "base_link"
+            # the command carries the stamp of the image it was planned from (timer ticks: now)
+            out.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
+            out.twist = twist
+        else:
+            out = twist
+        self._pub.publish(out)
+        self._last_pub = self._now()
+        self.diag.count("cmd_published")
+
+
+def main(args=None) -> int:
+    return run(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
