@@ -44,7 +44,7 @@ fi
 
 # --- 3. colcon build (symlinked Python sources; rebuilt only when the package structure changed) ----
 build_hash="$( (cat package.xml CMakeLists.txt msg/*.msg cmake/*.cmake; \
-  for d in sakura_nexus scripts launch config worlds models; do [ -d "$d" ] && find "$d" -type f -not -name '*.pyc'; done | sort) \
+  for d in sakura_nexus scripts launch config worlds models; do if [ -d "$d" ]; then find "$d" -type f -not -name '*.pyc'; fi; done | sort) \
   | sha256sum | cut -c1-16)"
 if [ "$(cat "$root/.ws/.sakura_stamp" 2>/dev/null)" != "$build_hash" ] || [ ! -f "$root/.ws/install/setup.bash" ]; then
   say "building the sakura_nexus package with colcon"
