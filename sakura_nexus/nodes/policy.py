@@ -199,38 +199,38 @@ class PolicyNode(NexusNode):
             self.drop("out_of_order")
             return
         self._state, self._state_time = msg, stamp
-        self._target = self._plan(msg)
+        self._target, path = self._plan(msg)
         self._publish_safe(self._now(), msg)
+        if path is not None and self._plan_pub.is_activated:
+            self._plan_pub.publish(path)  # after the command: its receive time bounds the command latency
 
     # --- control ----------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _plan(self, msg: WorldState) -> tuple[float, float]:
+    def _plan(self, msg: WorldState) -> tuple[tuple[float, float], Path | None]:
         with self._lock:
             goal, planner = self._goal, self._planner
         if goal is None:
-            return (0.0, 0.0)
+            return (0.0, 0.0), None
         pose = self._pose or (msg.pose_x, msg.pose_y, msg.pose_yaw)
         if self.params.controller == "go_to_goal" or planner is None:
-            return self._baseline.command(pose, goal)
+            return self._baseline.command(pose, goal), None
         t0 = time.perf_counter()
         z = torch.tensor(msg.latent, dtype=torch.float32)
         res = planner.plan(z, goal, prev_action=self._target, position=pose[:2])
         dt = time.perf_counter() - t0
         self.diag.set("plan_ms", round(dt * 1e3, 3))
-        if self._plan_pub is not None and self._plan_pub.is_activated:
-            path = Path()
-            path.header = msg.header
-            path.header.frame_id = self.params.odom_frame
-            for x, y, yaw in res.predicted_poses:
-                ps = PoseStamped()
-                ps.header = path.header
-                ps.pose.position.x, ps.pose.position.y = float(x), float(y)
-                ps.pose.orientation.z, ps.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
-                path.poses.append(ps)
-            self._plan_pub.publish(path)
-        return res.action
+        path = Path()
+        path.header.stamp = msg.header.stamp
+        path.header.frame_id = self.params.odom_frame
+        for x, y, yaw in res.predicted_poses:
+            ps = PoseStamped()
+            ps.header = path.header
+            ps.pose.position.x, ps.pose.position.y = float(x), float(y)
+            ps.pose.orientation.z, ps.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+            path.poses.append(ps)
+        return res.action, path
 
     def _publish_safe(self, now: float, msg: WorldState | None = None) -> None:
         state = self._state
@@ -246,10 +246,12 @@ class PolicyNode(NexusNode):
                                   goal_reached=reached)
         self.diag.set("safety", ",".join(cmd.reasons) or "nominal")
         self._publish(cmd.v, cmd.w, msg.header.stamp if msg is not None else None)
+        self._last_pub = now
 
     def _on_timer(self) -> None:
         now = self._now()
-        if now - self._last_pub >= 0.9 / self.params.control_rate:
+        # publish unless an event-driven command went out within the last 3/4 period (timer jitter margin)
+        if now - self._last_pub >= 0.75 / self.params.control_rate:
             self._publish_safe(now)
 
     def _publish(self, v: float, w: float, stamp) -> None:
@@ -266,7 +268,6 @@ class PolicyNode(NexusNode):
         else:
             out = twist
         self._pub.publish(out)
-        self._last_pub = self._now()
         self.diag.count("cmd_published")
 
 
