@@ -35,7 +35,7 @@ from std_msgs.msg import Bool
 from sakura_nexus.federated import codecs
 from sakura_nexus.models.checkpoint import load_checkpoint
 from sakura_nexus.models.online import OnlineLearner, Transition
-from sakura_nexus.models.serialization import PayloadError
+from sakura_nexus.models.serialization import PayloadError, atomic_write
 from sakura_nexus.msg import ModelDelta, ModelUpdate, Observation, WorldState
 from sakura_nexus.params import WORLD_MODEL
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
@@ -117,8 +117,9 @@ class WorldModelNode(NexusNode):
         if p.state_dir:
             os.makedirs(p.state_dir, exist_ok=True)
             restored = self._learner.load_latest(p.state_dir)
+            self._sequence = self._read_sequence()
             if restored:
-                self._sequence = int(restored.get("sequence", 0))
+                self._sequence = max(self._sequence, int(restored.get("sequence", 0)))
                 self.get_logger().info(f"resumed from {restored['path']} (sequence {self._sequence}, "
                                        f"skipped corrupt: {restored.get('skipped_corrupt')})")
                 self.diag.set("resumed_from", os.path.basename(restored["path"]))
@@ -297,6 +298,7 @@ class WorldModelNode(NexusNode):
             self.diag.count("nonfinite_delta_skipped")
             return
         self._sequence += 1
+        self._write_sequence()
         msg = ModelDelta()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.model_id = "world_model"
@@ -310,6 +312,19 @@ class WorldModelNode(NexusNode):
         pub.publish(msg)
         self.diag.count("deltas_published")
         self.diag.set("delta_sequence", self._sequence)
+
+    # The delta sequence number is persisted on its own (atomically, before the delta goes out), so a
+    # restart from an older weights checkpoint never reuses a sequence number the fleet has seen.
+    def _read_sequence(self) -> int:
+        try:
+            with open(os.path.join(self.params.state_dir, "delta_sequence")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _write_sequence(self) -> None:
+        if self.params.state_dir:
+            atomic_write(os.path.join(self.params.state_dir, "delta_sequence"), str(self._sequence).encode())
 
     def _checkpoint(self) -> None:
         if self._learner is None:
