@@ -26,6 +26,7 @@ for d in (os.environ["ROS_LOG_DIR"], os.environ["ROS_HOME"]):
 def _ros_available() -> str | None:
     try:
         import rclpy  # noqa: F401
+
         from sakura_nexus.msg import Observation  # noqa: F401
     except ImportError as e:
         return f"ROS 2 (rclpy + the colcon-built sakura_nexus interfaces) not importable: {e}"

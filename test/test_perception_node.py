@@ -58,8 +58,9 @@ def _image(arr: np.ndarray, encoding: str, stamp_ns: int, pad: int = 0, bigendia
 class Rig:
     def __init__(self, ros_node, params, name="perception_node"):
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sakura_nexus.msg import ModelUpdate, Observation
         from sensor_msgs.msg import CameraInfo, Image
+
+        from sakura_nexus.msg import ModelUpdate, Observation
 
         self.ros = ros_node
         self.name = name
@@ -206,9 +207,8 @@ def test_fuzzed_images_never_kill_the_node_and_are_all_counted(ros_node, encoder
 
 
 def test_live_parameters_and_hot_swap(ros_node, encoder_files):
-    from sakura_nexus.msg import ModelUpdate
-
     from sakura_nexus.models.serialization import sha256_hex
+    from sakura_nexus.msg import ModelUpdate
 
     rig = Rig(ros_node, {"checkpoint": str(encoder_files[0])})
     try:

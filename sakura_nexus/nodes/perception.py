@@ -14,12 +14,12 @@ import time
 import numpy as np
 import torch
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from sakura_nexus.msg import ModelUpdate, Observation
 from sensor_msgs.msg import CameraInfo, Image
 
 from sakura_nexus import vision
 from sakura_nexus.models.encoder import ENCODER_ID, encoder_from_bytes, inference_encoder
 from sakura_nexus.models.serialization import PayloadError
+from sakura_nexus.msg import ModelUpdate, Observation
 from sakura_nexus.params import PERCEPTION
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
