@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import torch
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -103,6 +104,7 @@ class PerceptionNode(NexusNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         p = self.params
         torch.set_num_threads(p.threads)
+        cv2.setNumThreads(p.threads)  # OpenCV's pool would otherwise oversubscribe the 2 cores
         if p.device == "cuda" and not torch.cuda.is_available():
             self.get_logger().warning("device=cuda requested but CUDA is not available: using cpu")
         try:
