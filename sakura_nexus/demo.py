@@ -4,7 +4,19 @@ driven through a sequence of goals, with a progress display and a report (PNG + 
 It does not need ROS launch: a small supervisor starts the same executables (lib/sakura_nexus/) with
 the same parameter file (config/nexus.yaml) and arguments as launch/sim.launch.py does, via
 :mod:`sakura_nexus.bringup`. The mission itself is an in-process rclpy node that only talks ROS
-topics: goal_pose out; odom, contacts, world_state, plan, camera_info and sync_status in.
+topics: goal_pose out; odom, contacts, world_state, plan, cmd_vel, camera_info and sync_status in.
+
+The pieces are reusable (test/test_e2e.py, bench/bench_closed_loop.py)::
+
+    with Pipeline(out_dir, seed=0, controller="mpc") as pipe:   # processes up, mission node spinning
+        goals, layout = pick_goals(0, 2, start=pipe.mission.pose, straight=True)
+        drive(pipe.mission, goals, goal_timeout=30, tolerance=0.3, supervisor=pipe.sup)
+    summary = summarise(pipe.mission.log)
+
+Latency is measured with DDS sample timestamps (rclpy MessageInfo), not with callback times of this
+process: from the *source* timestamp of the camera_info that sim_node publishes right after the image
+(rendering is before it and excluded) to the *reception* timestamp of the ``plan`` carrying the same
+image stamp, which policy_node publishes right after the cmd_vel planned from that image.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import numpy as np
 
 from sakura_nexus import bringup
 from sakura_nexus.paths import config_file
+
+NODE_ORDER = ("sim_node", "perception_node", "world_model_node", "policy_node")
 
 
 def _prefix() -> pathlib.Path:
@@ -51,28 +65,63 @@ def ros_environment(domain_id: int | None = None, log_dir: str | None = None) ->
     return env
 
 
+def models_missing() -> str | None:
+    """None if the shipped checkpoint (models/ or $SAKURA_NEXUS_MODELS) loads, else why not."""
+    from sakura_nexus.paths import models_dir
+
+    d = models_dir()
+    for name in ("encoder.bin", "world_model.bin"):
+        if not (d / name).is_file():
+            return (f"no model checkpoint: {d / name} does not exist (train one with `sakura-nexus train`, "
+                    "or point SAKURA_NEXUS_MODELS at a checkpoint directory)")
+    try:
+        from sakura_nexus.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(d)
+        if ckpt.encoder is None:
+            return f"no encoder in {d}"
+    except Exception as e:  # noqa: BLE001 - any load failure is a reason
+        return f"model checkpoint in {d} does not load: {e}"
+    return None
+
+
 class Supervisor:
     """Starts node processes like the launch files do, and stops them cleanly (SIGINT, then SIGKILL)."""
 
     def __init__(self, env: dict, log_dir: pathlib.Path, params_files: list[str], namespace: str = ""):
         self.env, self.log_dir, self.params_files, self.namespace = env, log_dir, params_files, namespace
         self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: list = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, spec: bringup.NodeSpec, overrides: dict | None = None, use_sim_time: bool = True) -> None:
+    def start(self, spec: bringup.NodeSpec, overrides: dict | None = None, use_sim_time: bool = True,
+              log_level: str = "info") -> None:
         exe = _prefix() / "lib" / "sakura_nexus" / spec.executable
-        args = bringup.ros_args(spec, self.params_files, self.namespace, use_sim_time, overrides=overrides)
-        log = open(self.log_dir / f"{spec.name}.log", "wb")
-        self.procs[spec.name] = subprocess.Popen([sys.executable, str(exe), *args], env=self.env, stdout=log,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)
+        args = bringup.ros_args(spec, self.params_files, self.namespace, use_sim_time, log_level=log_level,
+                                overrides=overrides)
+        self.start_command(spec.name, [sys.executable, str(exe), *args])
 
     def start_command(self, name: str, cmd: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "wb")
+        self._logs.append(log)
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def log_tail(self, name: str, lines: int = 8, grep: str | None = None) -> str:
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        if grep:
+            text = [t for t in text if grep in t]
+        return "\n".join(text[-lines:])
+
+    def errors(self) -> dict[str, str]:
+        """ERROR lines logged so far, per process (a node that fails to configure keeps running)."""
+        return {n: e for n in self.procs if (e := self.log_tail(n, 3, grep="ERROR"))}
 
     def stop(self, timeout: float = 10.0) -> dict[str, int]:
         for p in self.procs.values():
@@ -85,16 +134,21 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        for log in self._logs:
+            log.close()
         return {n: p.returncode for n, p in self.procs.items()}
+
+    def pids(self, name: str) -> list[int]:
+        p = self.procs[name]
+        out = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+        return [p.pid] + [int(x) for x in out if int(x) != p.pid]
 
     def rss_mb(self) -> dict[str, float]:
         out = {}
-        for n, p in self.procs.items():
+        for n in self.procs:
             try:
-                pids = [p.pid] + [int(x) for x in subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True,
-                                                                   text=True).stdout.split() if int(x) != p.pid]
                 total = 0.0
-                for pid in pids:
+                for pid in self.pids(n):
                     with open(f"/proc/{pid}/status") as f:
                         total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
                 out[n] = round(total, 1)
@@ -102,23 +156,67 @@ class Supervisor:
                 out[n] = float("nan")
         return out
 
+    def cpu_s(self) -> dict[str, float]:
+        """User + system CPU seconds used so far by each process (and its session)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for n in self.procs:
+            total = 0.0
+            try:
+                for pid in self.pids(n):
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, ValueError, IndexError):
+                pass
+            out[n] = round(total, 2)
+        return out
+
 
 @dataclass
 class MissionLog:
-    goals: list = field(default_factory=list)          # dicts: goal, reached, time, collisions
+    goals: list = field(default_factory=list)          # dicts: goal, reached, time_s, collisions, start
     path: list = field(default_factory=list)           # (t, x, y)
     surprise: list = field(default_factory=list)       # (t, surprise, uncertainty, model_version)
-    latency_s: list = field(default_factory=list)      # image stamp -> command (wall clock)
     collisions: int = 0
+    collision_at: list = field(default_factory=list)   # (t, x, y) at each new contact
     sync: list = field(default_factory=list)           # (t, global_version, bytes_sent, pending)
+    # DDS timestamps (ns, system clock) per image stamp: source time of the camera_info (= the image
+    # went out), source time of observation / world_state / plan, reception time of the plan here.
+    info_src: dict = field(default_factory=dict)
+    obs_src: dict = field(default_factory=dict)
+    obs_compute: dict = field(default_factory=dict)    # Observation.compute_time (s)
+    ws_src: dict = field(default_factory=dict)
+    plan_src: dict = field(default_factory=dict)
+    plan_rx: dict = field(default_factory=dict)
+    cmd_src: list = field(default_factory=list)        # source timestamps (ns) of every cmd_vel
+    diag: dict = field(default_factory=dict)           # node -> key -> list of float samples
+    window: list | None = None                         # [t0_ns, t1_ns]: only stamps inside count
+    t0: float | None = None                            # sim time the mission started driving
+
+    def latency_s(self, which: str = "rx") -> np.ndarray:
+        """Image -> command latencies (s): ``rx`` to the reception of the plan (as received by a
+        consumer), ``src`` to its publication (cmd_vel goes out just before the plan)."""
+        end = self.plan_rx if which == "rx" else self.plan_src
+        keys = [k for k in end if k in self.info_src and self._in_window(self.info_src[k])]
+        return np.array([(end[k] - self.info_src[k]) * 1e-9 for k in sorted(keys)])
+
+    def _in_window(self, t_ns: int) -> bool:
+        return self.window is None or self.window[0] <= t_ns <= self.window[1]
+
+
+def _trim(d: dict, keep: int = 20000) -> None:
+    if len(d) > keep + 2000:
+        for k in sorted(d)[:2000]:
+            del d[k]
 
 
 class Mission:
     """In-process rclpy node that sends goals and records what the robot does (topics only)."""
 
-    def __init__(self, namespace: str = ""):
+    def __init__(self, namespace: str = "", hops: bool = False, diagnostics: bool = False):
         import rclpy
-        from geometry_msgs.msg import PoseStamped
+        from geometry_msgs.msg import PoseStamped, Twist
         from nav_msgs.msg import Odometry, Path
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
@@ -133,16 +231,31 @@ class Mission:
         self.log = MissionLog()
         self.pose: tuple[float, float, float] | None = None
         self._contact_prev = False
-        self._info_wall: dict[int, float] = {}
         self.world_states = 0
+        self.recording = False  # path, surprise and collisions are recorded while driving (drive())
         self._goal_pub = self.node.create_publisher(PoseStamped, ns + "goal_pose", state_qos())
-        self.node.create_subscription(Odometry, ns + "odom", self._on_odom, state_qos(50))
-        self.node.create_subscription(Bool, ns + "contacts", self._on_contact, state_qos(50))
-        self.node.create_subscription(WorldState, ns + "world_state", self._on_state, state_qos(10))
-        self.node.create_subscription(Path, ns + "plan", self._on_plan, state_qos(10))
-        self.node.create_subscription(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
-        self.node.create_subscription(SyncStatus, ns + "sync_status", self._on_sync, state_qos())
-        self._ex = SingleThreadedExecutor()
+        sub = self.node.create_subscription
+        sub(Odometry, ns + "odom", self._on_odom, state_qos(50))
+        sub(Bool, ns + "contacts", self._on_contact, state_qos(50))
+        sub(WorldState, ns + "world_state", self._on_state, state_qos(10))
+        sub(Path, ns + "plan", self._on_plan, state_qos(10))
+        sub(Twist, ns + "cmd_vel", self._on_cmd, state_qos(50))
+        sub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
+        sub(SyncStatus, ns + "sync_status", self._on_sync, state_qos())
+        if hops:
+            from sakura_nexus.msg import Observation
+
+            sub(Observation, ns + "observation", self._on_obs, state_qos(10))
+        if diagnostics:
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            sub(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        try:  # the C++ events executor: this node takes ~500 messages/s, keep the harness light
+            from rclpy.experimental import EventsExecutor
+
+            self._ex = EventsExecutor()
+        except ImportError:
+            self._ex = SingleThreadedExecutor()
         self._ex.add_node(self.node)
         self._thread = threading.Thread(target=self._ex.spin, daemon=True)
         self._thread.start()
@@ -159,32 +272,62 @@ class Mission:
         yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
         self.pose = (m.pose.pose.position.x, m.pose.pose.position.y, yaw)
         t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
-        if not self.log.path or t - self.log.path[-1][0] >= 0.1:
+        if self.recording and (not self.log.path or t - self.log.path[-1][0] >= 0.1):
             self.log.path.append((t, self.pose[0], self.pose[1]))
 
     def _on_contact(self, m):
-        if m.data and not self._contact_prev:
+        if m.data and not self._contact_prev and self.recording:
             self.log.collisions += 1
+            if self.pose:
+                self.log.collision_at.append((self.now(), self.pose[0], self.pose[1]))
         self._contact_prev = m.data
 
-    def _on_state(self, m):
+    def _on_state(self, m, info):
         self.world_states += 1
-        t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
-        self.log.surprise.append((t, float(m.surprise), float(m.uncertainty), int(m.model_version)))
+        k = self._key(m.header.stamp)
+        self.log.ws_src[k] = info["source_timestamp"]
+        if self.recording:
+            self.log.surprise.append((k * 1e-9, float(m.surprise), float(m.uncertainty), int(m.model_version)))
+        _trim(self.log.ws_src)
 
-    def _on_info(self, m):
-        self._info_wall[self._key(m.header.stamp)] = time.monotonic()
-        if len(self._info_wall) > 2000:
-            for k in sorted(self._info_wall)[:1000]:
-                del self._info_wall[k]
+    def _on_obs(self, m, info):
+        k = self._key(m.header.stamp)
+        self.log.obs_src[k] = info["source_timestamp"]
+        self.log.obs_compute[k] = float(m.compute_time)
+        _trim(self.log.obs_src)
+        _trim(self.log.obs_compute)
 
-    def _on_plan(self, m):
-        t0 = self._info_wall.get(self._key(m.header.stamp))
-        if t0 is not None:
-            self.log.latency_s.append(time.monotonic() - t0)
+    def _on_info(self, m, info):
+        self.log.info_src[self._key(m.header.stamp)] = info["source_timestamp"]
+        _trim(self.log.info_src)
+
+    def _on_plan(self, m, info):
+        k = self._key(m.header.stamp)
+        self.log.plan_src[k] = info["source_timestamp"]
+        self.log.plan_rx[k] = info["received_timestamp"]
+        _trim(self.log.plan_src)
+        _trim(self.log.plan_rx)
+
+    def _on_cmd(self, m, info):
+        self.log.cmd_src.append(info["source_timestamp"])
+        if len(self.log.cmd_src) > 200000:
+            del self.log.cmd_src[:100000]
 
     def _on_sync(self, m):
         self.log.sync.append((self.now(), int(m.global_version), int(m.bytes_sent), int(m.pending_deltas)))
+
+    def _on_diag(self, m):
+        for st in m.status:
+            node = st.hardware_id
+            for kv in st.values:
+                if kv.key in ("tick_ms", "plan_ms"):
+                    try:
+                        self.log.diag.setdefault(node, {}).setdefault(kv.key, []).append(float(kv.value))
+                    except ValueError:
+                        pass
+
+    def goal_subscribers(self) -> int:
+        return self._goal_pub.get_subscription_count()
 
     def send_goal(self, x: float, y: float, yaw: float = 0.0) -> None:
         from geometry_msgs.msg import PoseStamped
@@ -196,112 +339,231 @@ class Mission:
         g.pose.orientation.z, g.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
         self._goal_pub.publish(g)
 
+    def hold(self) -> None:
+        """Stop the robot where it is (a goal at the current pose) and stop recording collisions."""
+        self.recording = False
+        if self.pose is not None:
+            self.send_goal(*self.pose)
+
     def close(self):
         self._ex.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
 
 
-def pick_goals(seed: int, n: int, start=None, min_dist: float = 1.5, rng_seed: int = 7) -> list:
-    """Free goal poses in the same cell the sim generates for ``seed`` (ROS-free core)."""
+# --------------------------------------------------------------------------------------------- goals
+def segment_clearance(layout, size: float, a, b, step: float = 0.05) -> float:
+    """Smallest distance to any wall or obstacle along the straight segment a -> b (metres)."""
+    from sakura_nexus.sim.layout import free_distance
+
+    n = max(2, int(math.hypot(b[0] - a[0], b[1] - a[1]) / step) + 1)
+    return min(free_distance(a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s, layout, size)
+               for s in np.linspace(0.0, 1.0, n))
+
+
+def pick_goals(seed: int, n: int, start=None, min_dist: float = 1.5, max_dist: float = 10.0, rng_seed: int = 7,
+               straight: bool = False, margin: float = 0.15, candidates: int = 20) -> tuple[list, list]:
+    """Free goal poses in the same cell the sim generates for ``seed`` (ROS-free core), each at least
+    ``min_dist`` from the previous one (the first from ``start``, default the sim's start pose).
+    ``straight``: each leg is a straight line that keeps the robot's footprint ``margin`` metres away
+    from every obstacle (what the go-to-goal baseline can drive without touching anything).
+    Returns (goals, layout)."""
     from sakura_nexus.sim import CellConfig, FactoryCell
+    from sakura_nexus.sim.layout import sample_free_pose
 
     cell = FactoryCell(CellConfig(seed=seed), camera_width=16, camera_height=16)
+    try:
+        layout, size, radius = list(cell.layout), float(cell.size[0]), cell.cfg.robot.radius
+        prev = tuple(start) if start is not None else cell.pose
+    finally:
+        cell.close()
     rng = np.random.default_rng(rng_seed)
-    goals, prev = [], start
+    goals, visited = [], [prev]
     while len(goals) < n:
-        g = cell.sample_free_pose(rng, clearance=0.45)
-        if prev is None or math.hypot(g[0] - prev[0], g[1] - prev[1]) >= min_dist:
-            goals.append(g)
-            prev = g
-    return goals, cell.layout
+        # of up to `candidates` admissible goals, take the one farthest from everywhere visited so far
+        best, best_score = None, -1.0
+        admissible = 0
+        for _ in range(3000):
+            g = sample_free_pose(rng, layout, size, radius, clearance=0.45)
+            d = math.hypot(g[0] - prev[0], g[1] - prev[1])
+            if not min_dist <= d <= max_dist:
+                continue
+            if straight:
+                if segment_clearance(layout, size, prev, g) < radius + margin:
+                    continue
+                g = (g[0], g[1], math.atan2(g[1] - prev[1], g[0] - prev[0]))  # arrive facing along the leg
+            score = min(math.hypot(g[0] - v[0], g[1] - v[1]) for v in visited)
+            if score > best_score:
+                best, best_score = g, score
+            admissible += 1
+            if admissible >= candidates:
+                break
+        if best is None:
+            break
+        goals.append(best)
+        visited.append(best)
+        prev = best
+    if len(goals) < n:
+        raise RuntimeError(f"found only {len(goals)} of {n} goals in cell {seed} (min_dist {min_dist} m, "
+                           f"straight={straight})")
+    return goals, layout
 
 
 def drive(mission: Mission, goals: list, goal_timeout: float, tolerance: float, progress: bool = True,
           supervisor: Supervisor | None = None) -> None:
-    """Send each goal in turn; wait until reached (odometry within tolerance) or timeout (sim time)."""
+    """Send each goal once; wait until reached (odometry within tolerance) or timeout (sim time)."""
     from tqdm import tqdm
 
+    tty = sys.stderr.isatty()
+    if mission.log.t0 is None:
+        mission.log.t0 = mission.now()
+    mission.recording = True
     for i, g in enumerate(goals):
-        start_t, start_coll = mission.now(), mission.log.collisions
+        start_t, start_coll, start_pose = mission.now(), mission.log.collisions, mission.pose
         d0 = math.hypot(g[0] - mission.pose[0], g[1] - mission.pose[1])
-        bar = tqdm(total=round(d0, 2), desc=f"goal {i + 1}/{len(goals)}", unit="m", disable=not progress,
+        bar = tqdm(total=round(d0, 2), desc=f"goal {i + 1}/{len(goals)}", unit="m", disable=not (progress and tty),
                    bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {n:.2f}/{total:.2f} m [{elapsed}] {postfix}")
+        mission.send_goal(*g)
         reached = False
         while mission.now() - start_t < goal_timeout:
-            mission.send_goal(*g)
             time.sleep(0.2)
             if supervisor and supervisor.dead():
                 raise RuntimeError(f"node process died: {supervisor.dead()} (logs in {supervisor.log_dir})")
             d = math.hypot(g[0] - mission.pose[0], g[1] - mission.pose[1])
-            bar.n = round(max(0.0, d0 - d), 2)
+            bar.n = round(min(d0, max(0.0, d0 - d)), 2)
             bar.set_postfix_str(f"dist {d:.2f} m, collisions {mission.log.collisions}")
             if d <= tolerance:
                 reached = True
                 break
         bar.close()
-        mission.log.goals.append({"goal": [round(v, 3) for v in g], "reached": reached,
-                                  "time_s": round(mission.now() - start_t, 2),
-                                  "collisions": mission.log.collisions - start_coll})
+        rec = {"goal": [round(v, 3) for v in g], "start": [round(v, 3) for v in start_pose], "reached": reached,
+               "time_s": round(mission.now() - start_t, 2), "t_end": round(mission.now(), 3),
+               "collisions": mission.log.collisions - start_coll}
+        mission.log.goals.append(rec)
+        if progress:
+            print(f"goal {i + 1}/{len(goals)} ({g[0]:+.2f}, {g[1]:+.2f}): "
+                  f"{'reached' if reached else 'NOT reached'} in {rec['time_s']:.1f} s sim time, "
+                  f"{rec['collisions']} collisions", flush=True)
 
 
-def write_report(out: pathlib.Path, log: MissionLog, layout, summary: dict) -> pathlib.Path:
-    import matplotlib
+# --------------------------------------------------------------------------------------------- pipeline
+class Pipeline:
+    """The four nodes + sim_node as separate processes (like launch/sim.launch.py) plus the mission
+    node in this process. ``with Pipeline(...) as p:`` returns once odometry, world states and plans
+    flow; on exit the robot is held, the processes get SIGINT and rclpy is shut down if it was
+    initialised here. ``overrides``: node name -> parameter overrides."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, out: pathlib.Path, seed: int = 0, controller: str = "mpc", overrides: dict | None = None,
+                 fleet: bool = False, startup_timeout: float = 120.0, hops: bool = False, diagnostics: bool = False,
+                 domain_id: int | None = None):
+        self.out = pathlib.Path(out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.seed, self.controller, self.fleet = seed, controller, fleet
+        self.overrides = overrides or {}
+        self.startup_timeout = startup_timeout
+        self._mission_kw = {"hops": hops, "diagnostics": diagnostics}
+        self.env = ros_environment(domain_id, log_dir=str(self.out / "logs"))
+        self.sup = Supervisor(self.env, self.out / "logs", [str(config_file("nexus.yaml"))])
+        self.mission: Mission | None = None
+        self._own_rclpy = False
+        self.startup_s: float | None = None
+        self.exit_codes: dict = {}
 
-    from sakura_nexus.sim import plot_cell
+    def __enter__(self) -> Pipeline:
+        import rclpy
 
-    fig = plt.figure(figsize=(15, 5))
-    ax = fig.add_subplot(1, 3, 1)
-    plot_cell(ax, layout, robot=False, goal=False)
-    if log.path:
-        p = np.array(log.path)
-        ax.plot(p[:, 1], p[:, 2], "-", color="tab:blue", lw=1.5, label="robot path")
-        ax.plot(p[0, 1], p[0, 2], "o", color="tab:blue", label="start")
-    for i, g in enumerate(log.goals):
-        ax.plot(g["goal"][0], g["goal"][1], "*", ms=14, color="tab:green" if g["reached"] else "tab:red")
-        ax.annotate(str(i + 1), (g["goal"][0], g["goal"][1]), textcoords="offset points", xytext=(6, 6))
-    ax.set_title(f"path: {summary['goals_reached']}/{summary['goals']} goals, {summary['collisions']} collisions")
-    ax.legend(loc="lower right", fontsize=8)
-    ax = fig.add_subplot(1, 3, 2)
-    if log.surprise:
-        s = np.array(log.surprise)
-        ax.plot(s[:, 0] - s[0, 0], s[:, 1], lw=0.8, label="surprise (1-step latent MSE)")
-        ax.plot(s[:, 0] - s[0, 0], s[:, 2], lw=0.8, label="uncertainty (ensemble std)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    if log.sync:
-        ax2 = ax.twinx()
-        y = np.array(log.sync)
-        t0 = log.surprise[0][0] if log.surprise else y[0, 0]
-        ax2.step(y[:, 0] - t0, y[:, 1], where="post", color="tab:purple", label="global model version")
-        ax2.set_ylabel("global version")
-    ax.set_xlabel("sim time [s]")
-    ax.set_title("world model surprise over time")
-    ax = fig.add_subplot(1, 3, 3)
-    if log.latency_s:
-        lat = np.array(log.latency_s) * 1e3
-        ax.hist(lat, bins=40, color="tab:orange")
-        ax.axvline(np.percentile(lat, 50), color="k", ls="--", label=f"p50 {np.percentile(lat, 50):.1f} ms")
-        ax.axvline(np.percentile(lat, 99), color="r", ls="--", label=f"p99 {np.percentile(lat, 99):.1f} ms")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("image stamp -> command [ms]")
-    ax.set_title("closed-loop latency")
-    fig.tight_layout()
-    png = out / "report.png"
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    return png
+        if not rclpy.ok():
+            # this process' mission node joins the children's domain
+            os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                                        "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
+            rclpy.init()
+            self._own_rclpy = True
+        elif os.environ.get("ROS_DOMAIN_ID") != self.env["ROS_DOMAIN_ID"]:
+            raise RuntimeError("rclpy is already initialised on another ROS_DOMAIN_ID than the pipeline's")
+        t0 = time.monotonic()
+        try:
+            ov = self.overrides
+            self.sup.start(bringup.SIM, {"seed": self.seed, **ov.get("sim_node", {})})
+            self.sup.start(bringup.PERCEPTION, ov.get("perception_node"))
+            self.sup.start(bringup.WORLD_MODEL, {"state_dir": str(self.out / "state" / "world_model"),
+                                                 **ov.get("world_model_node", {})})
+            self.sup.start(bringup.POLICY, {"controller": self.controller, **ov.get("policy_node", {})})
+            if self.fleet:
+                _start_fleet(self.sup, self.out)
+            self.mission = Mission(**self._mission_kw)
+            self._wait_up()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def _wait_up(self) -> None:
+        m, sup = self.mission, self.sup
+        deadline = time.monotonic() + self.startup_timeout
+
+        def up():
+            return (m.pose is not None and m.world_states >= 5 and m.goal_subscribers() >= 2
+                    and len(m.log.cmd_src) > 0)
+
+        while not up() and time.monotonic() < deadline:
+            if sup.dead():
+                raise RuntimeError("node process died during start-up: " + "; ".join(
+                    f"{n}: {sup.log_tail(n, 5)}" for n in sup.dead()))
+            errors = sup.errors()
+            if any("cannot load" in e or "Failed to" in e for e in errors.values()):
+                raise RuntimeError("a node failed to configure: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
+            time.sleep(0.2)
+        if not up():
+            raise RuntimeError(
+                f"the pipeline did not come up within {self.startup_timeout:.0f} s (pose {m.pose is not None}, "
+                f"{m.world_states} world states, {m.goal_subscribers()} goal subscribers, {len(m.log.cmd_src)} "
+                f"commands); errors: {sup.errors() or 'none'}; logs in {sup.log_dir}")
+
+    def __exit__(self, *exc) -> None:
+        if self.mission is not None:
+            try:
+                self.mission.hold()
+                time.sleep(0.3)
+            except Exception:  # noqa: BLE001 - best effort while shutting down
+                pass
+        self.exit_codes = self.sup.stop()
+        if self.mission is not None:
+            self.mission.close()
+        if self._own_rclpy:
+            import rclpy
+
+            rclpy.try_shutdown()
 
 
-def summarise(log: MissionLog, extra: dict | None = None) -> dict:
-    lat = np.array(log.latency_s) * 1e3
+# --------------------------------------------------------------------------------------------- report
+def cmd_gaps(cmd_src_ns, period: float, t0_ns: int | None = None, t1_ns: int | None = None) -> dict:
+    """Control ticks missed: cmd_vel publication gaps longer than 1.5 control periods."""
+    t = np.sort(np.asarray(cmd_src_ns, np.int64))
+    if t0_ns is not None:
+        t = t[(t >= t0_ns) & (t <= (t1_ns if t1_ns is not None else t[-1] if t.size else 0))]
+    if t.size < 2:
+        return {"commands": int(t.size), "gaps_over_1.5_periods": 0, "missed_ticks": 0, "max_gap_ms": None}
+    gaps = np.diff(t) * 1e-9
+    late = gaps[gaps > 1.5 * period]
+    return {"commands": int(t.size), "rate_hz": round(float((t.size - 1) / ((t[-1] - t[0]) * 1e-9)), 2),
+            "gaps_over_1.5_periods": int(late.size),
+            "missed_ticks": int(np.sum(np.floor(late / period + 0.5) - 1)),
+            "max_gap_ms": round(float(gaps.max() * 1e3), 2)}
+
+
+def summarise(log: MissionLog, extra: dict | None = None, control_rate: float = 20.0) -> dict:
+    lat = log.latency_s("rx") * 1e3
+
+    def q(x, p):
+        return round(float(np.percentile(x, p)), 2) if x.size else None
+
     s = {
         "goals": len(log.goals), "goals_reached": sum(g["reached"] for g in log.goals),
         "collisions": log.collisions,
-        "latency_ms": {"n": int(lat.size), "p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-                       "p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None},
+        "latency_ms": {"what": "image published (camera_info source time) -> plan received (cmd_vel goes out "
+                               "just before it)", "n": int(lat.size), "p50": q(lat, 50), "p99": q(lat, 99),
+                       "max": q(lat, 100)},
+        "control": cmd_gaps(log.cmd_src, 1.0 / control_rate),
         "world_states": len(log.surprise),
         "surprise_first_last": [round(log.surprise[0][1], 5), round(log.surprise[-1][1], 5)] if log.surprise else None,
         "per_goal": log.goals,
@@ -313,6 +575,105 @@ def summarise(log: MissionLog, extra: dict | None = None) -> dict:
     return s
 
 
+def _rolling_median(y: np.ndarray, n: int) -> np.ndarray:
+    if y.size < n or n < 2:
+        return y
+    pad = np.pad(y, (n // 2, n - 1 - n // 2), mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(pad, n), axis=1)
+
+
+def write_report(out: pathlib.Path, log: MissionLog, layout, summary: dict) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sakura_nexus.sim import plot_cell
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.0, 1.25, 1.0]})
+    # --- path over the cell map
+    ax = axes[0]
+    plot_cell(ax, layout, robot=False, goal=False)
+    t_start = log.t0 if log.t0 is not None else log.path[0][0] if log.path else 0.0
+    if log.path:
+        p = np.array(log.path)
+        sc = ax.scatter(p[:, 1], p[:, 2], c=p[:, 0] - t_start, cmap="viridis", s=5, zorder=6, label="robot path")
+        ax.plot(p[:, 1], p[:, 2], "-", color="0.2", lw=0.6, zorder=5)
+        ax.plot(p[0, 1], p[0, 2], "o", ms=9, mfc="white", mec="k", zorder=7, label="start")
+        cb = fig.colorbar(sc, ax=ax, fraction=0.04, pad=0.02)
+        cb.set_label("sim time [s]")
+    for i, g in enumerate(log.goals):
+        color = "tab:green" if g["reached"] else "tab:red"
+        ax.plot(g["goal"][0], g["goal"][1], "*", ms=17, color=color, mec="k", zorder=8,
+                label=("goal reached" if g["reached"] else "goal missed") if i == 0 or
+                g["reached"] != log.goals[0]["reached"] else None)
+        ax.annotate(str(i + 1), (g["goal"][0], g["goal"][1]), textcoords="offset points", xytext=(7, 7),
+                    fontsize=11, fontweight="bold", zorder=9,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    if log.collision_at:
+        c = np.array(log.collision_at)
+        ax.plot(c[:, 1], c[:, 2], "x", color="red", ms=9, mew=2, zorder=9, label="contact")
+    ax.set_title(f"robot path: {summary['goals_reached']}/{summary['goals']} goals reached, "
+                 f"{summary['collisions']} collisions", fontsize=11)
+    ax.set_xlabel("x [m] (odom)")
+    ax.set_ylabel("y [m]")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
+    # --- surprise over time
+    ax = axes[1]
+    if log.surprise:
+        s = np.array(log.surprise)
+        t = s[:, 0] - t_start
+        pos = s[:, 1] > 0
+        ax.plot(t[pos], s[pos, 1], lw=0.5, color="tab:blue", alpha=0.35)
+        ax.plot(t[pos], _rolling_median(s[pos, 1], 15), lw=1.8, color="tab:blue",
+                label="surprise: 1-step latent MSE (rolling median 0.5 s)")
+        ax.plot(t, _rolling_median(s[:, 2], 15), lw=1.8, color="tab:orange", label="uncertainty: ensemble std")
+        ax.set_yscale("log")
+        for i, g in enumerate(log.goals):
+            t_goal = g["t_end"] - t_start
+            ax.axvline(t_goal, color="tab:green" if g["reached"] else "tab:red", ls=":", lw=1.2)
+            ax.text(t_goal, 1.0, f" {i + 1}", transform=ax.get_xaxis_transform(), va="top", fontsize=9,
+                    color="tab:green" if g["reached"] else "tab:red")
+        ax.legend(fontsize=8, loc="lower left")
+        ax.grid(alpha=0.3, which="both")
+    else:
+        ax.text(0.5, 0.5, "no world_state received", ha="center", transform=ax.transAxes)
+    if log.sync:
+        ax2 = ax.twinx()
+        y = np.array(log.sync)
+        ax2.step(y[:, 0] - t_start, y[:, 1], where="post", color="tab:purple", label="global model version")
+        ax2.set_ylabel("global model version", color="tab:purple")
+    ax.set_xlabel("sim time [s] (dotted: goal reached / timed out)")
+    ax.set_ylabel("latent units")
+    ax.set_title("world model surprise over time", fontsize=11)
+    # --- latency
+    ax = axes[2]
+    lat = log.latency_s("rx") * 1e3
+    if lat.size:
+        hi = max(25.0, float(np.percentile(lat, 99.5)) * 1.1)
+        ax.hist(np.clip(lat, 0, hi), bins=np.linspace(0, hi, 50), color="tab:orange", alpha=0.85)
+        p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+        ax.axvline(p50, color="k", ls="--", lw=1.5, label=f"p50 {p50:.1f} ms")
+        ax.axvline(p99, color="r", ls="--", lw=1.5, label=f"p99 {p99:.1f} ms")
+        ax.legend(fontsize=9, title=f"{lat.size} commands", title_fontsize=8)
+        ax.set_ylabel("commands")
+    else:
+        ax.text(0.5, 0.5, "no plan received", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("image published -> command out [ms]")
+    ax.set_title("closed-loop latency: image -> cmd_vel", fontsize=11)
+    ctrl = summary.get("control", {})
+    fig.suptitle(f"sakura_nexus demo — factory seed {summary.get('seed', '?')}, controller "
+                 f"{summary.get('controller', '?')}, cmd_vel {ctrl.get('rate_hz', '?')} Hz, "
+                 f"{ctrl.get('missed_ticks', '?')} control ticks missed", fontsize=12)
+    fig.tight_layout()
+    png = out / "report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+# --------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sakura-nexus demo", description=__doc__.splitlines()[0])
     ap.add_argument("--goals", type=int, default=4)
@@ -320,60 +681,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal-timeout", type=float, default=45.0, help="sim seconds per goal")
     ap.add_argument("--out", default="out/demo", help="report directory")
     ap.add_argument("--controller", default="mpc", choices=("mpc", "go_to_goal"))
+    ap.add_argument("--straight", action=argparse.BooleanOptionalAction, default=None,
+                    help="only goals reachable on an obstacle-free straight line (default: with go_to_goal)")
     ap.add_argument("--no-fleet", action="store_true", help="without the aggregator and the sync node")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
+    reason = models_missing()
+    if reason:
+        print(f"sakura_nexus demo: {reason}", file=sys.stderr)
+        return 2
     out = pathlib.Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    env = ros_environment(log_dir=str(out / "logs"))
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR",
-                                           "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
-    params = [str(config_file("nexus.yaml"))]
-    sup = Supervisor(env, out / "logs", params)
     fleet = not args.no_fleet and _fleet_available()
+    straight = args.controller == "go_to_goal" if args.straight is None else args.straight
+    goals, layout = pick_goals(args.seed, args.goals, straight=straight)
+    pipe = Pipeline(out, seed=args.seed, controller=args.controller, fleet=fleet)
     print(f"sakura_nexus demo: factory seed {args.seed}, {args.goals} goals, controller {args.controller}"
-          f"{', with fleet sync' if fleet else ''}; logs in {out / 'logs'}")
-    goals, layout = pick_goals(args.seed, args.goals)
-    import rclpy
-
-    rclpy.init()
-    mission = None
+          f"{', with fleet sync' if fleet else ''}; ROS_DOMAIN_ID {pipe.env['ROS_DOMAIN_ID']}; "
+          f"logs in {out / 'logs'}", flush=True)
     t_wall = time.monotonic()
-    try:
-        sup.start(bringup.SIM, {"seed": args.seed})
-        sup.start(bringup.PERCEPTION)
-        sup.start(bringup.WORLD_MODEL, {"state_dir": str(out / "state" / "world_model")})
-        sup.start(bringup.POLICY, {"controller": args.controller})
-        if fleet:
-            _start_fleet(sup, out)
-        mission = Mission()
-        deadline = time.monotonic() + 120
-        while (mission.pose is None or mission.world_states < 5) and time.monotonic() < deadline:
-            if sup.dead():
-                raise RuntimeError(f"node process died during start-up: {sup.dead()} (logs in {out / 'logs'})")
-            time.sleep(0.2)
-        if mission.pose is None or mission.world_states < 5:
-            raise RuntimeError(f"the pipeline did not come up within 120 s (logs in {out / 'logs'})")
-        print(f"pipeline up after {time.monotonic() - t_wall:.1f} s: driving")
-        drive(mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet, supervisor=sup)
+    with pipe:
+        print(f"pipeline up after {pipe.startup_s:.1f} s: driving", flush=True)
+        drive(pipe.mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet, supervisor=pipe.sup)
+        pipe.mission.hold()
         time.sleep(1.0)
-        rss = sup.rss_mb()
-    finally:
-        codes = sup.stop()
-        if mission is not None:
-            mission.close()
-        rclpy.try_shutdown()
-    summary = summarise(mission.log, {"seed": args.seed, "controller": args.controller,
-                                      "wall_time_s": round(time.monotonic() - t_wall, 1), "rss_mb": rss,
-                                      "exit_codes": codes})
+        rss = pipe.sup.rss_mb()
+    log = pipe.mission.log
+    summary = summarise(log, {"seed": args.seed, "controller": args.controller, "straight_goals": straight,
+                              "startup_s": round(pipe.startup_s, 1),
+                              "wall_time_s": round(time.monotonic() - t_wall, 1), "rss_mb": rss,
+                              "rss_total_mb": round(sum(rss.values()), 1), "exit_codes": pipe.exit_codes,
+                              "load_average": [round(v, 2) for v in os.getloadavg()]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    png = write_report(out, mission.log, layout, summary)
+    png = write_report(out, log, layout, summary)
     print()
     print(f"goals reached      : {summary['goals_reached']}/{summary['goals']}")
     print(f"collisions         : {summary['collisions']}")
     lat = summary["latency_ms"]
     print(f"latency image->cmd : p50 {lat['p50']} ms, p99 {lat['p99']} ms ({lat['n']} commands)")
+    c = summary["control"]
+    print(f"cmd_vel            : {c.get('rate_hz')} Hz, {c['missed_ticks']} control ticks missed")
+    print(f"memory (RSS)       : {summary['rss_total_mb']:.0f} MB in {len(rss)} processes")
     if "federated" in summary:
         f = summary["federated"]
         print(f"global model       : v{f['global_version_start']} -> v{f['global_version_end']}, "
@@ -405,4 +753,3 @@ def _start_fleet(sup: Supervisor, out: pathlib.Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-

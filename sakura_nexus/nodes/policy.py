@@ -199,38 +199,47 @@ class PolicyNode(NexusNode):
             self.drop("out_of_order")
             return
         self._state, self._state_time = msg, stamp
-        self._target, path = self._plan(msg)
+        self._target, poses = self._plan(msg)
         self._publish_safe(self._now(), msg)
-        if path is not None and self._plan_pub.is_activated:
-            self._plan_pub.publish(path)  # after the command: its receive time bounds the command latency
+        if poses is not None and self._plan_pub.is_activated:
+            # built and sent after the command (building it costs ~0.3 ms): its receive time bounds the
+            # command latency
+            self._plan_pub.publish(self._path(msg.header.stamp, poses))
 
     # --- control ----------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _plan(self, msg: WorldState) -> tuple[tuple[float, float], Path | None]:
+    def _plan(self, msg: WorldState) -> tuple[tuple[float, float], list | None]:
+        """-> (action, predicted poses [(x, y, yaw)] or None without a goal)."""
         with self._lock:
             goal, planner = self._goal, self._planner
         if goal is None:
             return (0.0, 0.0), None
         pose = self._pose or (msg.pose_x, msg.pose_y, msg.pose_yaw)
-        if self.params.controller == "go_to_goal" or planner is None:
-            return self._baseline.command(pose, goal), None
         t0 = time.perf_counter()
-        z = torch.tensor(msg.latent, dtype=torch.float32)
-        res = planner.plan(z, goal, prev_action=self._target, position=pose[:2])
-        dt = time.perf_counter() - t0
-        self.diag.set("plan_ms", round(dt * 1e3, 3))
+        if self.params.controller == "go_to_goal" or planner is None:
+            # the baseline's "plan" is the straight line to the goal; published like the MPC plan (same
+            # image stamp) so the closed-loop latency can be measured for either controller
+            action, poses = self._baseline.command(pose, goal), [pose, goal]
+        else:
+            z = torch.tensor(msg.latent, dtype=torch.float32)
+            res = planner.plan(z, goal, prev_action=self._target, position=pose[:2])
+            action, poses = res.action, res.predicted_poses
+        self.diag.set("plan_ms", round((time.perf_counter() - t0) * 1e3, 3))
+        return action, poses
+
+    def _path(self, stamp, poses) -> Path:
         path = Path()
-        path.header.stamp = msg.header.stamp
+        path.header.stamp = stamp
         path.header.frame_id = self.params.odom_frame
-        for x, y, yaw in res.predicted_poses:
+        for x, y, yaw in poses:
             ps = PoseStamped()
             ps.header = path.header
             ps.pose.position.x, ps.pose.position.y = float(x), float(y)
             ps.pose.orientation.z, ps.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
             path.poses.append(ps)
-        return res.action, path
+        return path
 
     def _publish_safe(self, now: float, msg: WorldState | None = None) -> None:
         state = self._state

@@ -266,6 +266,13 @@ class WorldModelNode(NexusNode):
 
     # --- learning, deltas, checkpoints, updates ---------------------------------------------
     def _learn_loop(self) -> None:
+        # Learning is background work: on a loaded CPU the ticks (executor thread) must win. Linux
+        # threads have their own nice value; +10 for this one only.
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+        except (AttributeError, OSError):
+            pass
         next_t = time.monotonic()
         while not self._stop.is_set():
             rate = self.params.learning_steps_per_s

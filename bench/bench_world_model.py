@@ -1,0 +1,230 @@
+"""World-model benchmark on one CPU core: per-tick latency with online learning off and on,
+planner rollout cost, gradient steps/s, encoder variants, RSS.
+
+A tick is what world_model_node does per observation plus the encoder the perception node runs:
+encoder(64x64 image) + encode + one ensemble step (with disagreement) + a 15-step prediction of one
+sample + pose and collision heads. The process is pinned to one core (``--cores``), so the learning
+thread (online learning "on") competes with inference exactly as on a 1-core robot. Writes
+out/bench/world_model.json and world_model.png.
+
+    python bench/bench_world_model.py [--ticks 2000] [--learn-rate 5 20] [--cores 1]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from sakura_nexus.models import (  # noqa: E402
+    ConvEncoder,
+    OnlineLearner,
+    Transition,
+    WorldModel,
+    WorldModelSnapshot,
+    inference_encoder,
+    load_checkpoint,
+)
+from sakura_nexus.models.toy import toy_sequences  # noqa: E402
+
+HORIZON = 15
+
+
+def timed(fn, n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def load_models():
+    try:
+        ckpt = load_checkpoint(common.ROOT / "models")
+        return ckpt.encoder or ConvEncoder(), ckpt.world_model, "models/ (shipped checkpoint)"
+    except (FileNotFoundError, ValueError) as e:
+        torch.manual_seed(0)
+        return ConvEncoder(), WorldModel(), f"random init ({e})"
+
+
+def make_tick(enc, snap_ref, image, proprio, action):
+    actions = np.repeat(action[None, None, :], HORIZON, axis=1)
+
+    def tick():
+        with torch.inference_mode():
+            emb = enc(image).numpy()
+        snap = snap_ref()
+        z = snap.encode(emb, proprio)
+        snap.step(z, action[None])
+        zs, sig = snap.rollout(z, actions)
+        snap.pose(zs)
+        snap.collision(zs)
+    return tick
+
+
+def make_torch_tick(enc, wm, image, proprio, action):
+    p, a = torch.from_numpy(proprio), torch.from_numpy(action[None])
+    acts = a[:, None].expand(1, HORIZON, 2)
+
+    def tick():
+        with torch.inference_mode():
+            z = wm.encode(enc(image), p)
+            wm.step(z, a)
+            zs, _ = wm.rollout(z, acts)
+            wm.pose(zs)
+            wm.collision(zs)
+    return tick
+
+
+def fill_learner(learner: OnlineLearner, n: int) -> None:
+    d = toy_sequences(n, 1, seed=0)
+    for i in range(n):
+        learner.add(Transition(d["embedding"][i, 0].numpy(), d["proprio"][i, 0].numpy(),
+                               d["actions"][i, 0].numpy(), d["embedding"][i, 1].numpy(),
+                               d["proprio"][i, 1].numpy(), bool(d["collided"][i, 0])))
+
+
+def learning_thread(learner: OnlineLearner, rate: float, stop: threading.Event, counter: list) -> None:
+    next_t = time.monotonic()
+    while not stop.is_set():
+        learner.train_step()
+        counter[0] += 1
+        if rate > 0:
+            next_t += 1.0 / rate
+            stop.wait(max(0.0, next_t - time.monotonic()))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ticks", type=int, default=2000)
+    ap.add_argument("--learn-rate", type=float, nargs="+", default=[5.0, 20.0],
+                    help="background learning budgets (steps/s) to measure")
+    ap.add_argument("--cores", type=int, default=1, help="pin the process to this many cores")
+    ap.add_argument("--rollouts", type=int, default=200)
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+    torch.set_num_threads(1)
+    enc, wm, source = load_models()
+    wm.eval()
+    rng = np.random.default_rng(0)
+    image = torch.rand(1, 3, 64, 64)
+    proprio = np.array([[0.5, -1.0, 1.0, 0.0, 0.3, 0.2]], np.float32)
+    action = np.array([0.4, 0.3], np.float32)
+    res: dict = {"model": source, "cores": args.cores, "torch_threads": 1,
+                 "encoder_parameters": sum(p.numel() for p in enc.parameters()),
+                 "world_model_parameters": wm.num_parameters(), "horizon": HORIZON}
+
+    # 1. encoder variants (single 64x64 frame)
+    variants = {}
+    for mode in ("eager", "channels_last", "frozen"):
+        fn = inference_encoder(enc, mode)
+        with torch.inference_mode():
+            variants[mode] = common.summary_ms(timed(lambda fn=fn: fn(image), args.ticks // 2))
+    res["encoder_1x64x64"] = variants
+    best = min(variants, key=lambda m: variants[m]["p99_ms"])
+    res["encoder_mode_used"] = best
+    fast_enc = inference_encoder(enc, best)
+
+    # 2. tick with online learning off: NumPy snapshot path vs torch eager path
+    snap = WorldModelSnapshot(wm)
+    tick = make_tick(fast_enc, lambda: snap, image, proprio, action)
+    res["tick_learning_off"] = common.summary_ms(timed(tick, args.ticks))
+    res["tick_learning_off_torch_eager_model"] = common.summary_ms(
+        timed(make_torch_tick(fast_enc, wm, image, proprio, action), args.ticks))
+    with torch.inference_mode():
+        res["world_model_only_tick_numpy"] = common.summary_ms(timed(
+            lambda: snap.rollout(snap.encode(np.zeros((1, 64), np.float32), proprio),
+                                 np.repeat(action[None, None], HORIZON, 1)), args.ticks))
+
+    # 3. planner batch: 256 samples x 15 steps
+    z = torch.from_numpy(snap.encode(rng.normal(size=(256, 64)).astype(np.float32),
+                                     np.repeat(proprio, 256, 0)))
+    acts = torch.from_numpy(rng.uniform(-1, 1, (256, HORIZON, 2)).astype(np.float32))
+    planner = {}
+    with torch.inference_mode():
+        for m in (1, 2, wm.config.ensemble):
+            planner[f"torch_members_{m}"] = common.summary_ms(
+                timed(lambda m=m: wm.rollout(z, acts, members=m), args.rollouts))
+        zn, an = z.numpy(), acts.numpy()
+        for m in (1, wm.config.ensemble):
+            planner[f"numpy_members_{m}"] = common.summary_ms(
+                timed(lambda m=m: snap.rollout(zn, an, members=m), args.rollouts // 2))
+    res["planner_rollout_256x15"] = planner
+
+    # 4. online learning: unconstrained gradient steps/s, then ticks with learning at a budget
+    learner = OnlineLearner(WorldModel(wm.config), lr=3e-4, buffer_size=5000, batch_size=32, grad_clip=1e9)
+    learner.model.load_state_dict(wm.state_dict())
+    fill_learner(learner, 2000)
+    steps = timed(learner.train_step, 300, warmup=10)
+    res["train_step_alone"] = {**common.summary_ms(steps), "steps_per_s": 1.0 / float(np.mean(steps))}
+    res["tick_learning_on"] = {}
+    on_samples = {}
+    for rate in args.learn_rate:
+        stop, counter = threading.Event(), [0]
+        th = threading.Thread(target=learning_thread, args=(learner, rate, stop, counter), daemon=True)
+        t0 = time.perf_counter()
+        th.start()
+        ticks = timed(make_tick(fast_enc, lambda: learner.snapshot, image, proprio, action), args.ticks)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        on_samples[rate] = ticks
+        res["tick_learning_on"][f"{rate:g}_steps_per_s"] = {
+            **common.summary_ms(ticks), "achieved_steps_per_s": counter[0] / elapsed,
+            "p99_rise_ms": common.pct(np.asarray(ticks) * 1e3, 99) - res["tick_learning_off"]["p99_ms"]}
+    res["rss_mb"] = common.rss_mb(os.getpid())
+    common.write("world_model", res)
+    plot(res, on_samples)
+    return 0
+
+
+def plot(res: dict, on_samples: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = ["tick_learning_off"] + [f"tick_learning_on/{k}" for k in res["tick_learning_on"]]
+    vals = [res["tick_learning_off"]] + list(res["tick_learning_on"].values())
+    x = np.arange(len(vals))
+    a.bar(x - 0.2, [v["p50_ms"] for v in vals], 0.4, label="p50")
+    a.bar(x + 0.2, [v["p99_ms"] for v in vals], 0.4, label="p99")
+    a.axhline(3.0, color="r", ls="--", lw=0.8, label="3 ms budget")
+    labels = [n.replace("tick_learning_", "").replace("_steps_per_s", " st/s") for n in names]
+    a.set_xticks(x, labels, fontsize=8)
+    a.set_ylabel("ms per tick (1 core)")
+    a.set_title("world-model tick (encoder + step + 15-step prediction)", fontsize=9)
+    a.legend(fontsize=8)
+    pl = res["planner_rollout_256x15"]
+    b.bar(range(len(pl)), [v["p50_ms"] for v in pl.values()], 0.4, label="p50")
+    b.bar(np.arange(len(pl)) + 0.4, [v["p99_ms"] for v in pl.values()], 0.4, label="p99")
+    b.set_xticks(np.arange(len(pl)) + 0.2, [k.replace("_members_", " m=") for k in pl], fontsize=8)
+    b.set_ylabel("ms per rollout")
+    b.set_title("planner batch 256 x 15 steps", fontsize=9)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    path = common.out_dir() / "world_model.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""FedBuff-style buffered asynchronous aggregation with staleness weighting, robust aggregation,
+central DP, validation, persisted de-duplication and a versioned on-disk model store.
+
+The same :class:`FedBuffAggregator` is used by the Flower ServerApp (``flower_app.py``) and directly by
+an in-process fleet simulation::
+
+    agg = FedBuffAggregator(initial_model, FedBuffConfig(buffer_size=4))
+    res = agg.submit(delta, base_version=3, robot_id="r1", seq=17)
+    if res.new_version is not None: ...   # an aggregation happened
+
+Update rule (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation"): every
+delta ``d_i`` computed from global version ``b_i`` arrives with staleness ``s_i = v - b_i`` and weight
+``w_i = (1 + s_i)^-a`` (a = 0.5 by default). Weighted deltas are buffered; after ``K`` arrivals
+
+    mean:          x <- x + eta * (1/K) * sum_i w_i clip(d_i)
+    median/trim:   x <- x + eta * coordinate-wise median / trimmed mean over robots of w-weighted means
+    DP:            x <- x + eta * (sum_r clip_C(slot_r) + N(0, (z C)^2 I)) / K
+
+Deltas of the same robot inside one buffer share a *slot* (their weighted sum), so a robot contributes
+at most one vector per aggregation: that bounds the L2 sensitivity to ``C`` for DP and gives each
+robot one vote in median / trimmed mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .codecs import CodecError, decode_verified, encode, get_codec, parse_header
+from .durable import SeqRanges, atomic_write, atomic_write_json, check_robot_id, clean_temp_files, dir_lock
+from .privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
+
+__all__ = [
+    "REJECT_REASONS",
+    "FedBuffAggregator",
+    "FedBuffConfig",
+    "GlobalModelStore",
+    "SubmitResult",
+    "aggregator_main",
+    "coordinate_median",
+    "staleness_weight",
+    "supernode_main",
+    "trimmed_mean",
+]
+
+REJECT_REASONS = ("corrupt", "codec", "oversized", "shape", "nonfinite", "norm", "stale", "future",
+                  "overlap", "dp_budget", "bad_seq")
+
+
+@dataclass
+class FedBuffConfig:
+    buffer_size: int = 4  # K: aggregate after this many accepted deltas
+    staleness_exponent: float = 0.5  # w = (1 + s)^-a
+    max_staleness: int = 1000  # reject deltas whose base is older than this many versions
+    server_lr: float = 1.0
+    clip_norm: float = 0.0  # L2 clip per delta (and per slot with DP); 0 = off
+    reject_norm: float = 0.0  # reject deltas with L2 norm above this; 0 = off
+    robust: str = "mean"  # mean | median | trimmed_mean
+    trim_ratio: float = 0.2  # trimmed_mean drops ceil(trim_ratio * n) robots' values at each side
+    max_payload_bytes: int = 64 << 20
+    allowed_codecs: tuple[str, ...] | None = None  # None = every codec this build decodes
+    dp_noise_multiplier: float = 0.0  # z; > 0 enables central DP (needs clip_norm > 0)
+    dp_target_delta: float = DEFAULT_DELTA
+    dp_max_epsilon: float = 0.0  # stop aggregating before exceeding it; 0 = no limit
+    dp_sample_rate: float = 1.0  # assumed Poisson participation rate (1.0 = no amplification claimed)
+    keep_versions: int = 3  # old global models kept in the store
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ValueError("buffer_size must be >= 1")
+        if self.robust not in ("mean", "median", "trimmed_mean"):
+            raise ValueError(f"robust must be mean|median|trimmed_mean, got {self.robust!r}")
+        if not 0 <= self.trim_ratio < 0.5:
+            raise ValueError("trim_ratio must be in [0, 0.5)")
+        if self.dp_noise_multiplier > 0 and self.clip_norm <= 0:
+            raise ValueError("central DP needs clip_norm > 0")
+        if self.allowed_codecs is not None:
+            self.allowed_codecs = tuple(self.allowed_codecs)
+            for c in self.allowed_codecs:
+                get_codec(c)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FedBuffConfig:
+        """Build from a dict with ``snake_case`` or ``kebab-case`` keys (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        kw = {}
+        for k, v in d.items():
+            k2 = k.replace("-", "_")
+            if k2 in names:
+                kw[k2] = v
+        if isinstance(kw.get("allowed_codecs"), str):
+            s = kw["allowed_codecs"].strip()
+            kw["allowed_codecs"] = tuple(x.strip() for x in s.split(",") if x.strip()) or None
+        if kw.get("seed") in ("", -1):
+            kw["seed"] = None
+        return cls(**kw)
+
+
+@dataclass
+class SubmitResult:
+    status: str  # "accepted" | "duplicate" | "rejected"
+    reason: str = ""
+    new_version: int | None = None  # set when this submission triggered an aggregation
+    version: int = 0  # global version after the call
+    staleness: int = 0
+    weight: float = 0.0
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
+    return float((1.0 + max(0, staleness)) ** (-exponent))
+
+
+def coordinate_median(rows: np.ndarray) -> np.ndarray:
+    return np.median(np.asarray(rows, np.float32), axis=0).astype(np.float32)
+
+
+def trimmed_mean(rows: np.ndarray, trim_ratio: float) -> np.ndarray:
+    rows = np.asarray(rows, np.float32)
+    n = rows.shape[0]
+    k = int(math.ceil(trim_ratio * n - 1e-9))
+    if n - 2 * k < 1:
+        k = (n - 1) // 2
+    if k == 0:
+        return rows.mean(axis=0).astype(np.float32)
+    s = np.sort(rows, axis=0)
+    return s[k:n - k].mean(axis=0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- store
+
+
+def _npy_bytes(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+class GlobalModelStore:
+    """Checkpoint directory: content-addressed array blobs + one atomically replaced ``state.json``.
+
+    A checkpoint is consistent by construction: blobs are written (and fsync'd) before the state that
+    references them, and unreferenced blobs are garbage-collected afterwards.
+    """
+
+    def __init__(self, directory: str, *, fsync: bool = True):
+        self.dir = os.path.abspath(directory)
+        self.blob_dir = os.path.join(self.dir, "blobs")
+        self.fsync = fsync
+        os.makedirs(self.blob_dir, exist_ok=True)
+        clean_temp_files(self.blob_dir)
+        clean_temp_files(self.dir)
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.dir, "state.json")
+
+    def exists(self) -> bool:
+        return os.path.exists(self.state_path)
+
+    def put_array(self, x: np.ndarray) -> str:
+        data = _npy_bytes(x)
+        name = hashlib.sha256(data).hexdigest()[:32] + ".npy"
+        path = os.path.join(self.blob_dir, name)
+        if not os.path.exists(path):
+            atomic_write(path, data, fsync=self.fsync)
+        return name
+
+    def get_array(self, name: str) -> np.ndarray:
+        with open(os.path.join(self.blob_dir, name), "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest()[:32] + ".npy" != name:
+            raise OSError(f"blob {name} is corrupt")
+        return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+
+    def load_state(self) -> dict | None:
+        try:
+            with open(self.state_path, "rb") as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
+
+    def save_state(self, state: dict, referenced: set[str]) -> None:
+        atomic_write_json(self.state_path, state, fsync=self.fsync)
+        for name in os.listdir(self.blob_dir):
+            if name.endswith(".npy") and name not in referenced:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.blob_dir, name))
+
+    def load_model(self, version: int | None = None) -> tuple[int, np.ndarray]:
+        """(version, weights) of the current (or a kept older) global model."""
+        st = self.load_state()
+        if st is None:
+            raise FileNotFoundError(f"no checkpoint in {self.dir}")
+        if version is None or version == st["version"]:
+            return st["version"], self.get_array(st["model"])
+        for v, name in st.get("history", []):
+            if v == version:
+                return v, self.get_array(name)
+        raise KeyError(f"version {version} not kept")
+
+
+# --------------------------------------------------------------------------- aggregator
+
+
+@dataclass
+class _Slot:
+    total: np.ndarray
+    count: int = 0
+    samples: int = 0
+    weight: float = 0.0
+
+
+@dataclass
+class _State:
+    version: int
+    model: np.ndarray
+    seen: SeqRanges
+    counters: dict = field(default_factory=dict)
+    slots: dict = field(default_factory=dict)  # robot -> _Slot
+    arrivals: int = 0
+    history: list = field(default_factory=list)  # [(version, blob)] of older models
+    last_aggregation: dict = field(default_factory=dict)
+    robots: dict = field(default_factory=dict)  # robot -> {"last_seq", "last_seen", "accepted"}
+
+
+class FedBuffAggregator:
+    """Buffered asynchronous aggregator. Thread-safe; persistent when given a ``store_dir``."""
+
+    def __init__(self, initial_model: np.ndarray | None = None, config: FedBuffConfig | None = None, *,
+                 store_dir: str | None = None, fsync: bool = True):
+        self.config = config or FedBuffConfig()
+        self.store = GlobalModelStore(store_dir, fsync=fsync) if store_dir else None
+        self._lock = threading.RLock()
+        self._payload_cache: dict[tuple[int, str], bytes] = {}
+        self._rng = np.random.default_rng(self.config.seed)
+        accountant_state = None
+        st = self.store.load_state() if self.store else None
+        if st is not None:
+            self._s = self._restore(st)
+            accountant_state = st.get("accountant")
+            if initial_model is not None and np.asarray(initial_model).size != self._s.model.size:
+                raise ValueError(f"checkpoint model has {self._s.model.size} parameters, "
+                                 f"initial_model has {np.asarray(initial_model).size}")
+        else:
+            if initial_model is None:
+                raise ValueError("no checkpoint found and no initial_model given")
+            model = np.asarray(initial_model, np.float32).ravel().copy()
+            if not np.all(np.isfinite(model)):
+                raise ValueError("initial model is not finite")
+            self._s = _State(version=0, model=model, seen=SeqRanges())
+        self.dp: GaussianDP | None = None
+        if self.config.dp_noise_multiplier > 0:
+            acc = (RDPAccountant.from_state_dict(accountant_state) if accountant_state
+                   else RDPAccountant(target_delta=self.config.dp_target_delta))
+            c = self.config
+            self.dp = GaussianDP(clip_norm=c.clip_norm, noise_multiplier=c.dp_noise_multiplier,
+                                 target_delta=c.dp_target_delta, sample_rate=c.dp_sample_rate,
+                                 max_epsilon=c.dp_max_epsilon or None, seed=c.seed, accountant=acc)
+        elif accountant_state and accountant_state.get("ledger"):
+            # DP was on before the restart: keep reporting what was spent
+            self._spent = RDPAccountant.from_state_dict(accountant_state)
+        if self.store is not None and st is None:
+            self._persist()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _restore(self, st: dict) -> _State:
+        s = _State(version=int(st["version"]), model=self.store.get_array(st["model"]),
+                   seen=SeqRanges(st.get("seen", {})), counters=dict(st.get("counters", {})),
+                   arrivals=int(st.get("arrivals", 0)), history=[tuple(x) for x in st.get("history", [])],
+                   last_aggregation=dict(st.get("last_aggregation", {})), robots=dict(st.get("robots", {})))
+        for robot, sd in st.get("slots", {}).items():
+            s.slots[robot] = _Slot(total=self.store.get_array(sd["blob"]), count=int(sd["count"]),
+                                   samples=int(sd["samples"]), weight=float(sd["weight"]))
+        return s
+
+    def _persist(self) -> None:
+        if self.store is None:
+            return
+        s = self._s
+        model_blob = self.store.put_array(s.model)
+        slots = {}
+        for robot, sl in s.slots.items():
+            slots[robot] = {"blob": self.store.put_array(sl.total), "count": sl.count, "samples": sl.samples,
+                            "weight": sl.weight}
+        acc = self.dp.accountant.state_dict() if self.dp else (
+            self._spent.state_dict() if getattr(self, "_spent", None) else None)
+        state = {
+            "format": 1, "version": s.version, "model": model_blob, "size": int(s.model.size),
+            "seen": s.seen.to_json(), "counters": s.counters, "slots": slots, "arrivals": s.arrivals,
+            "history": [list(h) for h in s.history], "last_aggregation": s.last_aggregation,
+            "robots": s.robots, "accountant": acc, "config": _jsonable(asdict(self.config)),
+            "saved_at": time.time(),
+        }
+        referenced = {model_blob} | {v["blob"] for v in slots.values()} | {h[1] for h in s.history}
+        with dir_lock(self.store.dir):
+            self.store.save_state(state, referenced)
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def version(self) -> int:
+        return self._s.version
+
+    @property
+    def model(self) -> np.ndarray:
+        return self._s.model.copy()
+
+    @property
+    def size(self) -> int:
+        return int(self._s.model.size)
+
+    @property
+    def counters(self) -> dict:
+        return dict(self._s.counters)
+
+    @property
+    def epsilon(self) -> float:
+        if self.dp is not None:
+            return self.dp.epsilon
+        spent = getattr(self, "_spent", None)
+        return spent.epsilon() if spent is not None else 0.0
+
+    @property
+    def buffered(self) -> int:
+        return self._s.arrivals
+
+    def is_seen(self, robot_id: str, seq: int) -> bool:
+        return self._s.seen.contains(robot_id, seq)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"version": self._s.version, "counters": dict(self._s.counters),
+                    "buffered": self._s.arrivals,
+                    "buffer_robots": sorted(self._s.slots), "epsilon": self.epsilon,
+                    "dp_releases": self.dp.accountant.num_releases if self.dp else 0,
+                    "seen": self._s.seen.to_json(), "robots": dict(self._s.robots),
+                    "last_aggregation": dict(self._s.last_aggregation), "size": self.size}
+
+    def model_payload(self, codec: str = "dense") -> bytes:
+        """The current global model encoded with ``codec`` (cached per version)."""
+        with self._lock:
+            key = (self._s.version, codec)
+            if key not in self._payload_cache:
+                self._payload_cache = {key: encode(self._s.model, codec)}
+            return self._payload_cache[key]
+
+    # ------------------------------------------------------------------ submission
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self._s.counters[name] = self._s.counters.get(name, 0) + n
+
+    def _reject(self, reason: str, robot_id: str, first: int, seq: int, persist: bool = True,
+                staleness: int = 0) -> SubmitResult:
+        self._count("rejected")
+        self._count(f"rejected_{reason}")
+        if seq >= first >= 1:
+            self._s.seen.add(robot_id, first, seq)
+        if persist:
+            self._persist()
+        return SubmitResult("rejected", reason, None, self._s.version, staleness)
+
+    def submit_payload(self, payload: bytes, base_version: int, robot_id: str, seq: int, *,
+                       seq_first: int | None = None, sample_count: int = 1) -> SubmitResult:
+        """Validate and submit an encoded delta (size, integrity, codec, shape checks first)."""
+        first = seq if seq_first is None else seq_first
+        with self._lock:
+            dup = self._check_dup(robot_id, first, seq)
+            if dup is not None:
+                return dup
+            if len(payload) > self.config.max_payload_bytes:
+                return self._reject("oversized", robot_id, first, seq)
+            try:
+                header = parse_header(payload)
+            except CodecError:
+                return self._reject("corrupt", robot_id, first, seq)
+            if self.config.allowed_codecs is not None and header.codec not in self.config.allowed_codecs:
+                return self._reject("codec", robot_id, first, seq)
+            if header.size != self.size:
+                return self._reject("shape", robot_id, first, seq)
+            try:
+                delta = decode_verified(payload, header)
+            except CodecError:
+                return self._reject("corrupt", robot_id, first, seq)
+            return self._submit_locked(delta, base_version, robot_id, seq, first, sample_count)
+
+    def submit(self, delta, base_version: int, robot_id: str, seq: int, *, seq_first: int | None = None,
+               sample_count: int = 1) -> SubmitResult:
+        """Submit a decoded delta (flat or any shape with the model's number of elements)."""
+        first = seq if seq_first is None else seq_first
+        with self._lock:
+            dup = self._check_dup(robot_id, first, seq)
+            if dup is not None:
+                return dup
+            return self._submit_locked(np.asarray(delta, np.float32), base_version, robot_id, seq, first,
+                                       sample_count)
+
+    def _check_dup(self, robot_id: str, first: int, seq: int) -> SubmitResult | None:
+        check_robot_id(robot_id)
+        if not (1 <= first <= seq):
+            self._count("rejected")
+            self._count("rejected_bad_seq")
+            return SubmitResult("rejected", "bad_seq", None, self._s.version)
+        n = seq - first + 1
+        seen = self._s.seen.overlap(robot_id, first, seq)
+        if seen == n:
+            self._count("duplicates")
+            return SubmitResult("duplicate", "", None, self._s.version)
+        if seen:
+            return self._reject("overlap", robot_id, first, seq)
+        return None
+
+    def _submit_locked(self, delta: np.ndarray, base_version: int, robot_id: str, seq: int, first: int,
+                       sample_count: int) -> SubmitResult:
+        cfg = self.config
+        s = self._s
+        self._count("received")
+        rob = s.robots.setdefault(robot_id, {"accepted": 0})
+        rob["last_seq"] = max(int(rob.get("last_seq", 0)), seq)
+        rob["last_seen"] = time.time()
+        if delta.size != s.model.size:
+            return self._reject("shape", robot_id, first, seq)
+        delta = delta.ravel()
+        staleness = s.version - int(base_version)
+        if staleness < 0:
+            return self._reject("future", robot_id, first, seq, staleness=staleness)
+        if staleness > cfg.max_staleness:
+            return self._reject("stale", robot_id, first, seq, staleness=staleness)
+        if not np.all(np.isfinite(delta)):
+            return self._reject("nonfinite", robot_id, first, seq)
+        norm = l2norm(delta)
+        if not math.isfinite(norm):
+            return self._reject("nonfinite", robot_id, first, seq)
+        if cfg.reject_norm > 0 and norm > cfg.reject_norm:
+            return self._reject("norm", robot_id, first, seq)
+        if self.dp is not None and self.dp.would_exceed():
+            return self._reject("dp_budget", robot_id, first, seq)
+        if cfg.clip_norm > 0 and norm > cfg.clip_norm:
+            delta, _ = clip_l2(delta, cfg.clip_norm)
+            self._count("clipped")
+        w = staleness_weight(staleness, cfg.staleness_exponent)
+        slot = s.slots.get(robot_id)
+        if slot is None:
+            slot = s.slots[robot_id] = _Slot(total=np.zeros_like(s.model))
+        slot.total += np.float32(w) * delta
+        slot.count += 1
+        slot.samples += int(sample_count)
+        slot.weight += w
+        s.arrivals += 1
+        s.seen.add(robot_id, first, seq)
+        self._count("accepted")
+        self._count("accepted_deltas", seq - first + 1)
+        rob["accepted"] = int(rob.get("accepted", 0)) + 1
+        new_version = None
+        if s.arrivals >= cfg.buffer_size:
+            new_version = self._aggregate()
+        self._persist()
+        return SubmitResult("accepted", "", new_version, s.version, staleness, w)
+
+    def flush(self) -> int | None:
+        """Aggregate whatever is buffered now (e.g. on shutdown of a simulation). Returns new version."""
+        with self._lock:
+            if self._s.arrivals == 0:
+                return None
+            v = self._aggregate()
+            self._persist()
+            return v
+
+    def _aggregate(self) -> int | None:
+        cfg = self.config
+        s = self._s
+        slots = list(s.slots.items())
+        if self.dp is not None:
+            if self.dp.would_exceed():
+                self._count("dp_budget_exhausted")
+                return None
+            update = self.dp.aggregate([sl.total for _, sl in slots], divisor=float(s.arrivals))
+        elif cfg.robust == "mean":
+            update = sum((sl.total for _, sl in slots), np.zeros_like(s.model)) / np.float32(s.arrivals)
+        else:
+            rows = np.stack([sl.total / np.float32(max(sl.count, 1)) for _, sl in slots])
+            update = coordinate_median(rows) if cfg.robust == "median" else trimmed_mean(rows, cfg.trim_ratio)
+        new_model = (s.model + np.float32(cfg.server_lr) * update.astype(np.float32)).astype(np.float32)
+        if not np.all(np.isfinite(new_model)):
+            self._count("aggregation_nonfinite")
+            s.slots.clear()
+            s.arrivals = 0
+            return None
+        if self.store is not None and cfg.keep_versions > 0:
+            s.history.append((s.version, self.store.put_array(s.model)))
+            s.history = s.history[-cfg.keep_versions:]
+        s.model = new_model
+        s.version += 1
+        s.last_aggregation = {"version": s.version, "time": time.time(), "deltas": s.arrivals,
+                              "robots": sorted(r for r, _ in slots),
+                              "samples": int(sum(sl.samples for _, sl in slots)),
+                              "update_norm": l2norm(update)}
+        s.slots.clear()
+        s.arrivals = 0
+        self._count("aggregations")
+        return s.version
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# --------------------------------------------------------------------------- CLI entry points
+
+
+def aggregator_main(argv: list[str] | None = None) -> int:
+    """``sakura-nexus aggregator``: see :func:`sakura_nexus.federated.launcher.aggregator_main`."""
+    from .launcher import aggregator_main as _main
+
+    return _main(argv)
+
+
+def supernode_main(argv: list[str] | None = None) -> int:
+    """``sakura-nexus supernode``: see :func:`sakura_nexus.federated.launcher.supernode_main`."""
+    from .launcher import supernode_main as _main
+
+    return _main(argv)
