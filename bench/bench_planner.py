@@ -56,7 +56,7 @@ def time_plans(dyn, cfg: MPPIConfig, n: int, z: torch.Tensor) -> dict:
         planner.plan(z, goal)
         ts.append(time.perf_counter() - t0)
     s = common.summary_ms(ts)
-    return {"p50_ms": round(s["p50_ms"], 3), "p99_ms": round(s["p99_ms"], 3), "mean_ms": round(s["mean_ms"], 3)}
+    return {k: round(s[k], 3) for k in ("p50_ms", "p99_ms", "mean_ms")}
 
 
 def main(argv=None) -> int:
@@ -103,7 +103,8 @@ def main(argv=None) -> int:
 
             def factory(cell, cfg=cfg, use_map=use_map):
                 model = StandInWorldModel(cell.layout, size=cell.size[0])
-                return StateMPCController(model, cfg, cell_map=(cell.layout, cell.size[0]) if use_map else None)
+                cmap = (cell.layout, cell.size[0]) if use_map else None
+                return StateMPCController(model, cfg, cell_map=cmap)
 
             t0 = time.time()
             r = evaluate(a.episodes, seed=0, controller_factory=factory,
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
                    "timeouts": r["all"]["timeouts"], "time_mean_success": r["all"]["time_mean_success"],
                    "plan_ms_p50": float(np.median(pm)) if pm else None, "wall_s": round(time.time() - t0, 1)}
             success.append(row)
-            print(f"map={use_map!s:5} S={samples:3d} it={iters} H={horizon:2d}  success {row['success_rate']:.2f}  "
+            print(f"map={use_map!s:5} S={samples:3d} it={iters} H={horizon:2d}  "
+                  f"success {row['success_rate']:.2f}  "
                   f"collisions {row['collisions']}  timeouts {row['timeouts']}", flush=True)
     gtg = evaluate(a.episodes, seed=0, cell_factory=lambda s: KinematicCell(seed=s), max_time=a.max_time)
 

@@ -44,7 +44,9 @@ class GoToGoal:
             if c.goal_yaw_tolerance >= math.pi or not math.isfinite(gyaw):
                 return 0.0, 0.0
             err = _wrap(gyaw - yaw)
-            return 0.0, max(-c.max_w, min(c.max_w, c.k_w * err)) if abs(err) > 0.5 * c.goal_yaw_tolerance else 0.0
+            if abs(err) <= 0.5 * c.goal_yaw_tolerance:
+                return 0.0, 0.0
+            return 0.0, max(-c.max_w, min(c.max_w, c.k_w * err))
         err = _wrap(math.atan2(dy, dx) - yaw)
         w = max(-c.max_w, min(c.max_w, c.k_w * err))
         v = 0.0 if abs(err) > c.turn_in_place else min(c.max_v, c.k_v * dist) * math.cos(err)

@@ -207,7 +207,8 @@ def run_episode(cell, controller, start, goal, max_time: float = 60.0, dt: float
                 break
     else:
         reached = goal_reached(cell.pose, goal, limits)
-    return EpisodeResult(reached, collided, cell.time - t_start, np.asarray(path), steps, dict(reasons), plan_ms)
+    return EpisodeResult(reached, collided, cell.time - t_start, np.asarray(path), steps, dict(reasons),
+                         plan_ms)
 
 
 def sample_task(cell, rng: np.random.Generator, min_distance: float = 2.5, prefer_blocked: bool = True,

@@ -54,7 +54,8 @@ def _real_setup(checkpoint: str | None):
             return LatentMPCController(enc, wm, cfg, cell_map=cmap)
         return make
 
-    info = {"checkpoint": str(checkpoint or "models/"), "manifest_world_model": ck.manifest.get("world_model", {}),
+    info = {"checkpoint": str(checkpoint or "models/"),
+            "manifest_world_model": ck.manifest.get("world_model", {}),
             "manifest_git": ck.manifest.get("git_revision")}
     return cell_factory, mpc_factory, info
 
@@ -97,7 +98,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def evaluate_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sakura-nexus evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=1000, help="first layout seed (training layouts are low seeds)")
+    p.add_argument("--seed", type=int, default=1000,
+                   help="first layout seed (training layouts are low seeds)")
     p.add_argument("--controllers", default=",".join(CONTROLLERS))
     p.add_argument("--checkpoint", default=None, help="checkpoint dir (default: the shipped models/)")
     p.add_argument("--standin", action="store_true", help="kinematic cell + perfect stand-in model")
@@ -120,7 +122,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     for name in a.controllers.split(","):
         if name not in CONTROLLERS:
             raise SystemExit(f"unknown controller {name!r}; choose from {CONTROLLERS}")
-        fac = (lambda cell: GoToGoalController()) if name == "go_to_goal" else mpc_factory(cfg, name == "mpc_map")
+        if name == "go_to_goal":
+            fac = lambda cell: GoToGoalController()  # noqa: E731
+        else:
+            fac = mpc_factory(cfg, name == "mpc_map")
         t0 = time.time()
 
         def progress(e, name=name):
@@ -128,14 +133,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                 print(f"  {name} ep {e['episode']:3d} blocked={e['blocked']!s:5} success={e['success']!s:5} "
                       f"collided={e['collided']!s:5} t={e['time']:5.1f}s", flush=True)
 
-        r = evaluate(a.episodes, a.seed, fac, cell_factory, max_time=a.max_time, limits=limits, progress=progress)
+        r = evaluate(a.episodes, a.seed, fac, cell_factory, max_time=a.max_time, limits=limits,
+                     progress=progress)
         r["wall_s"] = round(time.time() - t0, 1)
         pm = [e["plan_ms_p50"] for e in r["episodes"] if e["plan_ms_p50"] is not None]
         r["plan_ms_p50_median"] = float(np.median(pm)) if pm else None
         results[name] = r
         s = r["all"]
         print(f"{name:11s} success {s['success_rate']:.2f}  collisions {s['collisions']}/{s['n']}  "
-              f"timeouts {s['timeouts']}  blocked-only success {r['blocked'].get('success_rate', math.nan):.2f}  "
+              f"timeouts {s['timeouts']}  "
+              f"blocked-only success {r['blocked'].get('success_rate', math.nan):.2f}  "
               f"({r['wall_s']} s)", flush=True)
     doc = {"info": info, "mppi_config": dataclasses.asdict(cfg), "episodes": a.episodes, "seed": a.seed,
            "standin": a.standin, "wall_s": round(time.time() - t_all, 1), "results": results}

@@ -117,8 +117,8 @@ class MPPIPlanner:
         self._std = torch.tensor([c.noise_v, c.noise_w], dtype=self.dtype)
         self._lo = torch.tensor([c.v_min, -c.w_max], dtype=self.dtype)
         self._hi = torch.tensor([c.v_max, c.w_max], dtype=self.dtype)
-        self._step = torch.tensor([c.max_dv if c.max_dv is not None else math.inf,
-                                   c.max_dw if c.max_dw is not None else math.inf], dtype=self.dtype)
+        self._step = torch.tensor([c.max_dv if c.max_dv is not None else 1e9,
+                                   c.max_dw if c.max_dw is not None else 1e9], dtype=self.dtype)
         self._range = torch.tensor([max(c.v_max - c.v_min, 1e-6), 2 * c.w_max], dtype=self.dtype)
         self._gen = torch.Generator().manual_seed(int(c.seed))
         self._kw = {} if c.members is None else {"members": int(c.members)}
@@ -169,7 +169,8 @@ class MPPIPlanner:
                 zs, sigma = self.dynamics.rollout(zb, acts, **self._kw)
                 poses = self.dynamics.pose(zs)
                 risk = self.dynamics.collision(zs).to(self.dtype)
-                cost, terms = self._cost(acts, poses.to(self.dtype), risk, sigma.to(self.dtype), gx, gy, gyaw, mem)
+                cost, terms = self._cost(acts, poses.to(self.dtype), risk, sigma.to(self.dtype), gx, gy, gyaw,
+                                         mem)
                 cost = torch.nan_to_num(cost, nan=1e9, posinf=1e9)
                 s_min = cost.min()
                 wts = torch.softmax(-(cost - s_min) / c.temperature, 0)
@@ -213,14 +214,15 @@ class MPPIPlanner:
         acts = torch.clamp(acts, self._lo, self._hi)
         if c.max_dv is None and c.max_dw is None:
             return acts
-        # a rate limiter run along the horizon (batched over the samples, in place: 3 small ops per step)
-        out = acts.contiguous()
-        prev = self._prev.expand(acts.shape[0], 2)
-        for t in range(out.shape[1]):
-            cur = out[:, t]
-            cur.clamp_(min=prev - self._step, max=prev + self._step)
+        # A rate limiter run along the horizon, batched over the samples, in units of the per-step limit
+        # (so one scalar clamp serves both channels) and in (H, B, 2) layout: 3 in-place ops per step.
+        out = (acts / self._step).transpose(0, 1).contiguous()
+        prev = (self._prev / self._step).expand(acts.shape[0], 2)
+        for t in range(out.shape[0]):
+            cur = out[t]
+            cur.sub_(prev).clamp_(-1.0, 1.0).add_(prev)
             prev = cur
-        return out
+        return (out * self._step).transpose(0, 1)
 
     def _cost(self, acts, poses, risk, sigma, gx, gy, gyaw, mem):
         c = self.config

@@ -80,7 +80,8 @@ class SafetyLimits:
         """Raise ValueError unless the limits are consistent; returns self."""
         def pos(name: str, allow_inf: bool = False) -> None:
             x = getattr(self, name)
-            ok = isinstance(x, (int, float)) and not math.isnan(x) and x > 0 and (allow_inf or math.isfinite(x))
+            ok = (isinstance(x, (int, float)) and not math.isnan(x) and x > 0
+                  and (allow_inf or math.isfinite(x)))
             if not ok:
                 raise ValueError(f"SafetyLimits.{name} must be a positive number, got {x!r}")
 
@@ -97,7 +98,7 @@ class SafetyLimits:
             raise ValueError("emergency_decel_v must be >= max_v / control_period (stop within one period)")
         if self.decel_w * self.control_period < self.max_w * (1 - 1e-12):
             raise ValueError("emergency_decel_w must be >= max_w / control_period (stop within one period)")
-        if not (0.0 <= self.uncertainty_slow < self.uncertainty_stop) or not math.isfinite(self.uncertainty_stop):
+        if not (0.0 <= self.uncertainty_slow < self.uncertainty_stop < math.inf):
             raise ValueError("need 0 <= uncertainty_slow < uncertainty_stop < inf")
         if not (0.0 < self.collision_stop <= 1.0):
             raise ValueError("collision_stop must be in (0, 1]")
@@ -264,7 +265,8 @@ class SafetyLayer:
 
     # ---- the filter -------------------------------------------------------------------------------
     def filter(self, cmd_v: float, cmd_w: float, now: float, last_input_time: float | None,
-               uncertainty: float = 0.0, collision_risk: float = 0.0, goal_reached: bool = False) -> SafeCommand:
+               uncertainty: float = 0.0, collision_risk: float = 0.0,
+               goal_reached: bool = False) -> SafeCommand:
         with self._lock:
             out = self._filter(cmd_v, cmd_w, now, last_input_time, uncertainty, collision_risk, goal_reached)
             self.last = out
@@ -301,7 +303,8 @@ class SafetyLayer:
             return self._hard_stop(reasons)
         if dt == 0.0:
             reasons.append(R_HOLD)
-            return SafeCommand(self._vx.u, self._wz.u, tuple(reasons), self.last.emergency, self.last.speed_scale)
+            last = self.last
+            return SafeCommand(self._vx.u, self._wz.u, tuple(reasons), last.emergency, last.speed_scale)
         self._t = now
 
         # ---- emergency conditions: decelerate at the emergency rate -------------------------------
@@ -317,7 +320,8 @@ class SafetyLayer:
             return SafeCommand(v, w, tuple(reasons), True, 0.0)
 
         # ---- normal mode: choose a target, then rate-limit toward it -------------------------------
-        s = speed_scale(uncertainty if _finite(uncertainty) else math.nan, L.uncertainty_slow, L.uncertainty_stop)
+        unc = uncertainty if _finite(uncertainty) else math.nan
+        s = speed_scale(unc, L.uncertainty_slow, L.uncertainty_stop)
         tv = float(cmd_v) if _finite(cmd_v) else math.nan
         tw = float(cmd_w) if _finite(cmd_w) else math.nan
         if math.isnan(tv) or math.isnan(tw):
@@ -338,8 +342,9 @@ class SafetyLayer:
         if abs(tw) > cap_w:
             reasons.append(R_CLAMP_W)
             tw = math.copysign(cap_w, tw)
-        v = _limit_axis(self._vx, tv, dt, L.max_v, L.max_acc_v, L.max_jerk_v, L.control_period, L.watchdog_timeout)
-        w = _limit_axis(self._wz, tw, dt, L.max_w, L.max_acc_w, L.max_jerk_w, L.control_period, L.watchdog_timeout)
+        period, gap = L.control_period, L.watchdog_timeout
+        v = _limit_axis(self._vx, tv, dt, L.max_v, L.max_acc_v, L.max_jerk_v, period, gap)
+        w = _limit_axis(self._wz, tw, dt, L.max_w, L.max_acc_w, L.max_jerk_w, period, gap)
         if v != tv:
             reasons.append(R_RATE_V)
         if w != tw:

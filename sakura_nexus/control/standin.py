@@ -56,11 +56,13 @@ def segment_blocked(a, b, obstacles, size: float, radius: float = ROBOT_RADIUS, 
     return bool((sdf_np(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]), obstacles, size) < radius).any())
 
 
-def random_layout(seed: int, n_obstacles: int | None = None, size: float = 6.0, gap: float = 0.6) -> list[Box]:
+def random_layout(seed: int, n_obstacles: int | None = None, size: float = 6.0,
+                  gap: float = 0.6) -> list[Box]:
     """Seeded boxes similar in size to the sim's pallets/boxes/machines, >= ``gap`` apart and from walls."""
     rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, 77]))
     n = int(rng.integers(4, 9)) if n_obstacles is None else int(n_obstacles)
-    kinds = {"pallet": ((1.2, 1.2), (0.8, 0.8)), "box": ((0.4, 0.7), (0.4, 0.7)), "machine": ((0.8, 1.4), (0.6, 1.0))}
+    kinds = {"pallet": ((1.2, 1.2), (0.8, 0.8)), "box": ((0.4, 0.7), (0.4, 0.7)),
+             "machine": ((0.8, 1.4), (0.6, 1.0))}
     boxes: list[Box] = []
     for _ in range(2000):
         if len(boxes) == n:
@@ -188,7 +190,8 @@ class StandInWorldModel(nn.Module):
 
     POS, VS, WS = 4.0, 0.6, 1.5
 
-    def __init__(self, obstacles=(), size: float = 6.0, latent: int = 32, hidden: int = 128, ensemble: int = 5,
+    def __init__(self, obstacles=(), size: float = 6.0, latent: int = 32, hidden: int = 128,
+                 ensemble: int = 5,
                  dt: float = 0.1, radius: float = ROBOT_RADIUS, margin: float = 0.03, softness: float = 0.01,
                  gain_spread: float = 0.03, seed: int = 0):
         super().__init__()
@@ -200,8 +203,9 @@ class StandInWorldModel(nn.Module):
         def p(*shape, fan):
             return nn.Parameter(torch.randn(*shape, generator=g) / math.sqrt(fan), requires_grad=False)
 
-        self.w1, self.w2, self.w3 = p(ensemble, d_in, hidden, fan=d_in), p(ensemble, hidden, hidden, fan=hidden), \
-            p(ensemble, hidden, latent - 6, fan=hidden)
+        self.w1 = p(ensemble, d_in, hidden, fan=d_in)
+        self.w2 = p(ensemble, hidden, hidden, fan=hidden)
+        self.w3 = p(ensemble, hidden, latent - 6, fan=hidden)
         self.b1 = nn.Parameter(torch.zeros(ensemble, 1, hidden), requires_grad=False)
         self.b2 = nn.Parameter(torch.zeros(ensemble, 1, hidden), requires_grad=False)
         self.gain = 1.0 + gain_spread * torch.linspace(-1, 1, ensemble)   # per-member velocity gain
@@ -211,7 +215,8 @@ class StandInWorldModel(nn.Module):
     def set_obstacles(self, obstacles) -> None:
         obs = list(obstacles)
         self._oc = torch.tensor([[o.x, o.y] for o in obs], dtype=torch.float32).reshape(-1, 2)
-        self._ocs = torch.tensor([[math.cos(o.yaw), math.sin(o.yaw)] for o in obs], dtype=torch.float32).reshape(-1, 2)
+        self._ocs = torch.tensor([[math.cos(o.yaw), math.sin(o.yaw)] for o in obs],
+                                 dtype=torch.float32).reshape(-1, 2)
         self._oh = torch.tensor([[o.sx / 2, o.sy / 2] for o in obs], dtype=torch.float32).reshape(-1, 2)
 
     # ---- contract API -------------------------------------------------------------------------------
@@ -262,7 +267,8 @@ class StandInWorldModel(nn.Module):
         return zs[:, 0], s[:, 0]
 
     def pose(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.stack([z[..., 0] * self.POS, z[..., 1] * self.POS, torch.atan2(z[..., 3], z[..., 2])], -1)
+        yaw = torch.atan2(z[..., 3], z[..., 2])
+        return torch.stack([z[..., 0] * self.POS, z[..., 1] * self.POS, yaw], -1)
 
     def collision(self, z: torch.Tensor) -> torch.Tensor:
         p = z[..., :2] * self.POS
