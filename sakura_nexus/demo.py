@@ -250,12 +250,8 @@ class Mission:
             from diagnostic_msgs.msg import DiagnosticArray
 
             sub(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        try:  # the C++ events executor: this node takes ~500 messages/s, keep the harness light
-            from rclpy.experimental import EventsExecutor
-
-            self._ex = EventsExecutor()
-        except ImportError:
-            self._ex = SingleThreadedExecutor()
+        # not the EventsExecutor: it cannot call (msg, MessageInfo) callbacks (rclpy 9.1: SystemError)
+        self._ex = SingleThreadedExecutor()
         self._ex.add_node(self.node)
         self._thread = threading.Thread(target=self._ex.spin, daemon=True)
         self._thread.start()

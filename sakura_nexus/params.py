@@ -260,19 +260,35 @@ FEDERATED_SYNC = NodeSchema(
     "federated_sync_node",
     "Compresses and privatises model deltas, spools them durably and syncs with the fleet aggregator.",
     (
-        P("robot_id", str, "robot", "Identifier of this robot upstream.", read_only=True),
+        P("robot_id", str, "", "Identifier of this robot upstream (spool keys, aggregator de-duplication); "
+          "empty = the node namespace without slashes (robot1 for /robot1), 'robot' without a namespace.",
+          read_only=True),
         P("spool_dir", str, "", "Spool directory; empty = $ROS_HOME/sakura_nexus/spool/<robot_id>.",
           read_only=True),
         P("spool_max_bytes", int, 64 * 2**20, "Spool size bound; oldest deltas are merged when full.", "bytes",
           2**16, 2**40, read_only=True),
+        P("spool_policy", str, "merge", "What a full spool does (see docs/federated.md).", "",
+          choices=("merge", "drop_oldest", "reject"), read_only=True),
         P("codec", str, "topk0.01+q8", "Upstream delta codec (see docs/federated.md).", "",
           choices=("dense", "q8", "topk0.01", "topk0.01+q8", "topk0.05+q8")),
         P("clip_norm", float, 10.0, "L2 clipping bound of each delta.", "weight units", 1e-6, 1e6),
         P("local_noise_std", float, 0.0, "Std of local Gaussian noise added after clipping "
           "(multiple of clip_norm); 0 = off.", "", 0.0, 100.0),
+        P("checkpoint", str, "", "World-model checkpoint (same as world_model_node's) whose architecture turns "
+          "global weight vectors into model_update payloads; empty = the shipped models/.", read_only=True),
         P("superlink", str, "127.0.0.1:9092", "Address of the fleet SuperLink (Fleet API).", read_only=True),
         P("start_supernode", bool, True, "Start and supervise a Flower SuperNode for this robot.",
           read_only=True),
+        P("supernode_port", int, 0, "Local port of the SuperNode's ClientAppIo API; 0 = a free port.", "",
+          0, 65535, read_only=True),
+        P("root_certificates", str, "", "CA certificate file: TLS to the SuperLink; empty = insecure "
+          "(loopback / trusted network only).", read_only=True),
+        P("auth_private_key", str, "", "SuperNode authentication private key (OpenSSH EC); empty = none.",
+          read_only=True),
+        P("egress_audit_dir", str, "", "If set, the ClientApp keeps a copy of every upstream reply "
+          "(payloads + metadata) here for audit; empty = off.", read_only=True),
+        P("link_timeout", float, 30.0, "The link counts as online while the last exchange with the "
+          "aggregator is younger than this.", "s", 1.0, 3600.0),
         P("poll_period", float, 1.0, "Period of spool/inbox polling and sync_status.", "s", 0.05, 60.0),
         *_COMMON,
     ),

@@ -54,6 +54,7 @@ class MPPIConfig:
     w_memory: float = 0.0            # local-minimum escape: penalty near recently visited positions
     memory_radius: float = 0.35      # m, width of the visited-position bumps
     memory_len: int = 300            # visited positions remembered (one per plan call)
+    memory_delay: int = 20           # the newest this many positions do not count (2 s at 10 Hz)
     members: int | None = None       # ensemble members for the sample rollouts (None: model default)
     evaluate_plan: bool = True       # roll the final plan through the full ensemble (poses, risk0, sigma0)
     seed: int = 0
@@ -260,8 +261,9 @@ class MPPIPlanner:
             position = (float(p[0]), float(p[1]))
         self._memory.append((float(position[0]), float(position[1])))
         # the most recent positions are where the robot is: they would only push it forward blindly,
-        # so only positions older than ~2 s count (a robot that stalls accumulates bumps under itself)
-        old = list(self._memory)[:-20]
+        # so only positions older than memory_delay calls count (a stalled robot accumulates bumps
+        # under itself until moving away is cheaper than staying: the local minimum fills up)
+        old = list(self._memory)[: -self.config.memory_delay or None]
         if not old:
             return None
         return torch.tensor(old, dtype=self.dtype)

@@ -241,7 +241,7 @@ class FedBuffAggregator:
     """Buffered asynchronous aggregator. Thread-safe; persistent when given a ``store_dir``."""
 
     def __init__(self, initial_model: np.ndarray | None = None, config: FedBuffConfig | None = None, *,
-                 store_dir: str | None = None, fsync: bool = True):
+                 store_dir: str | None = None, fsync: bool = True, initial_version: int = 0):
         self.config = config or FedBuffConfig()
         self.store = GlobalModelStore(store_dir, fsync=fsync) if store_dir else None
         self._lock = threading.RLock()
@@ -261,7 +261,10 @@ class FedBuffAggregator:
             model = np.asarray(initial_model, np.float32).ravel().copy()
             if not np.all(np.isfinite(model)):
                 raise ValueError("initial model is not finite")
-            self._s = _State(version=0, model=model, seen=SeqRanges())
+            if int(initial_version) < 0:
+                raise ValueError("initial_version must be >= 0")
+            # = the version of the robots' shipped weights, so their first deltas are not "from the future"
+            self._s = _State(version=int(initial_version), model=model, seen=SeqRanges())
         self.dp: GaussianDP | None = None
         if self.config.dp_noise_multiplier > 0:
             acc = (RDPAccountant.from_state_dict(accountant_state) if accountant_state

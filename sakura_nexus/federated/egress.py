@@ -6,10 +6,20 @@ or the ``deltas.payload`` entries of Flower replies). Each payload must parse as
 flagged if its shape looks like an image (H x W x C, C x H x W, N x C x H x W) or an embedding batch
 (N x E), if its length equals a flattened camera frame, if it is not one of ``expected_sizes`` (when
 given), or if its values look like raw pixels (all integers in [0, 255]).
+
+Audit trail: with ``egress-audit-dir`` in a SuperNode's node config (the ``federated_sync_node``
+parameter ``egress_audit_dir``), the ClientApp writes every reply it sends upstream with
+:func:`write_audit` (byte fields to separate files, everything else as JSON) *before* returning it to
+Flower; :func:`load_audit` reads that back for :func:`check_egress` and for inspecting the non-payload
+fields (small integers and strings only).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +33,7 @@ _IMAGE_SIDES = ((32, 32), (48, 48), (64, 64), (84, 84), (96, 96), (128, 128), (2
 IMAGE_SIZES = frozenset(h * w * c for h, w in _IMAGE_SIDES for c in (1, 3, 4))
 EMBEDDING_DIMS = (32, 64, 128, 256, 512)
 
-__all__ = ["EgressReport", "check_egress", "looks_like_image_or_embedding"]
+__all__ = ["EgressReport", "check_egress", "load_audit", "looks_like_image_or_embedding", "write_audit"]
 
 
 @dataclass
@@ -90,3 +100,60 @@ def check_egress(payloads: Iterable[bytes], *, expected_sizes: Iterable[int] | N
                 rep.violations.append(f"#{i}: values look like raw 8-bit pixels")
     rep.ok = not rep.violations
     return rep
+
+
+# --------------------------------------------------------------------------- audit trail
+
+
+def write_audit(directory: str, records: dict[str, dict], robot_id: str = "") -> str:
+    """Store one upstream message: ``<stamp>.json`` with its records, every ``bytes`` value (alone or in a
+    list) replaced by ``{"$bytes": file, "len": n}`` and written to ``<stamp>.<n>.bin``. Returns the JSON
+    path. Written with plain writes (an audit copy, not state): a crash may leave a partial record."""
+    os.makedirs(directory, exist_ok=True)
+    stamp = f"{time.time_ns():020d}-{robot_id or 'robot'}-{uuid.uuid4().hex[:8]}"
+    blobs: list[bytes] = []
+
+    def conv(v):
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            blobs.append(bytes(v))
+            return {"$bytes": f"{stamp}.{len(blobs) - 1}.bin", "len": len(blobs[-1])}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    doc = {"robot_id": robot_id, "time": time.time(),
+           "records": {rk: {k: conv(v) for k, v in rec.items()} for rk, rec in records.items()}}
+    for i, b in enumerate(blobs):
+        with open(os.path.join(directory, f"{stamp}.{i}.bin"), "wb") as f:
+            f.write(b)
+    path = os.path.join(directory, f"{stamp}.json")
+    with open(path + ".part", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".part", path)
+    return path
+
+
+def load_audit(directory: str) -> tuple[list[bytes], list[dict]]:
+    """(every byte blob sent upstream, every message's JSON document) from an audit directory."""
+    payloads: list[bytes] = []
+    docs: list[dict] = []
+    if not os.path.isdir(directory):
+        return payloads, docs
+
+    def walk(v):
+        if isinstance(v, dict) and "$bytes" in v:
+            with open(os.path.join(directory, v["$bytes"]), "rb") as f:
+                payloads.append(f.read())
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                doc = json.load(f)
+            docs.append(doc)
+            for rec in doc["records"].values():
+                for v in rec.values():
+                    walk(v)
+    return payloads, docs

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .aggregator import FedBuffAggregator, FedBuffConfig
 from .durable import atomic_write_json
+from .egress import write_audit
 from .protocol import MESSAGE_TYPE, DeltaItem, SyncReply, SyncRequest, format_ack, parse_ack
 from .spool import Spool
 
@@ -112,7 +113,11 @@ def _client_sync(msg: Message, context: Context) -> Message:
     robot_id = _cfg(context, "robot-id") or None
     req = SyncRequest.from_records(_from_recorddict(msg.content))
     reply = handle_sync(req, Spool(str(spool_dir)), robot_id)
-    return Message(_to_recorddict(reply.to_records()), reply_to=msg)
+    records = reply.to_records()
+    audit_dir = _cfg(context, "egress-audit-dir")
+    if audit_dir:  # a copy of exactly what goes upstream (federated_sync_node's egress_audit_dir)
+        write_audit(str(audit_dir), records, reply.robot_id)
+    return Message(_to_recorddict(records), reply_to=msg)
 
 
 # --------------------------------------------------------------------------- server side
@@ -336,6 +341,8 @@ def _setup_logging(store_dir: str) -> None:
 
 
 def _initial_model(rc: dict) -> np.ndarray | None:
+    """Initial global weights (used only when ``store-dir`` has no checkpoint yet): ``init-model`` (.npy,
+    e.g. written by ``sakura-nexus aggregator --init-world-model``) or zeros of ``model-size``."""
     path = rc.get("init-model", "")
     if path:
         return np.load(str(path), allow_pickle=False).astype(np.float32).ravel()
@@ -354,5 +361,6 @@ def _server_main(grid: Grid, context: Context) -> None:
     _setup_logging(opts.store_dir)
     with _single_writer(opts.store_dir, opts.lock_timeout_s):
         cfg = FedBuffConfig.from_dict(rc)
-        agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir)
+        agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir,
+                                initial_version=int(rc.get("init-version", 0) or 0))
         FedBuffServerLoop(grid, agg, opts).run()

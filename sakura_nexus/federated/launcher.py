@@ -2,7 +2,7 @@
 
 Aggregator host (no ROS, ``pip install .[fleet]``)::
 
-    sakura-nexus aggregator --store-dir /var/lib/sakura/agg --model-size 200000 --port 9191
+    sakura-nexus aggregator --store-dir /var/lib/sakura/agg --init-world-model shipped --port 9191
 
 starts ``flower-superlink`` (one HTTP port serves Fleet, Control and Runtime APIs in Flower 1.42),
 waits for ``/health``, writes a private Flower config (``$FLWR_HOME/config.toml``) with a connection
@@ -52,12 +52,14 @@ _ENTRY_POINTS = {
 __all__ = [
     "AIRGAP_ENV",
     "AggregatorProcess",
+    "SuperNodeSupervisor",
     "aggregator_main",
     "flower_env",
     "flwr_cli_batch",
     "free_port",
     "generate_dev_certificates",
     "generate_supernode_keys",
+    "kill_tree",
     "start_run",
     "start_superlink",
     "supernode_command",
@@ -502,6 +504,150 @@ def supernode_command(superlink: str, spool_dir: str, *, robot_id: str | None = 
     return cmd
 
 
+def _proc_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (/proc/<pid>/stat field 22); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def kill_tree(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM ``pid``, its process group and every descendant (SuperExec / ClientApps run in their own
+    sessions); SIGKILL whatever is left after ``timeout``."""
+    procs = [pid, *descendants(pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if all(_proc_start_ticks(p) is None or _is_zombie(p) for p in procs):
+                return
+            time.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class SuperNodeSupervisor:
+    """Runs the robot's Flower SuperNode as a child process and keeps it running.
+
+    ``poll()`` restarts it when it exited (back-off 1 s doubling to ``max_backoff``, reset after a
+    minute of uptime); ``stop()`` terminates it and its SuperExec/ClientApp descendants. The pid is
+    recorded in ``<spool>/supernode.pid.json`` so that a supervisor started after a crash (``kill -9`` of
+    its owner) first kills the orphaned SuperNode of its predecessor (matched by pid *and* start time).
+    """
+
+    def __init__(self, superlink: str, spool_dir: str, robot_id: str, *, port: int = 0, host: str = "127.0.0.1",
+                 root_certificates: str | None = None, auth_private_key: str | None = None,
+                 extra_node_config: dict | None = None, max_backoff: float = 30.0):
+        self.superlink, self.spool_dir, self.robot_id = superlink, os.path.abspath(spool_dir), robot_id
+        self.port, self.host = int(port), host
+        self.root_certificates, self.auth_private_key = root_certificates or None, auth_private_key or None
+        self.extra_node_config = dict(extra_node_config or {})
+        self.max_backoff = float(max_backoff)
+        self.flwr_home = os.path.join(self.spool_dir, "flwr-home")
+        self.pidfile = os.path.join(self.spool_dir, "supernode.pid.json")
+        self.log_path = os.path.join(self.flwr_home, "supernode.log")
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0  # wall time of the current process's start
+        self.starts = 0
+        self.restarts = 0
+        self.stale_killed = 0
+        self.last_exit: int | None = None
+        self._backoff = 1.0
+        self._next_start = 0.0
+        self._stopped = True
+
+    def command(self) -> list[str]:
+        port = self.port or free_port(self.host)
+        return supernode_command(self.superlink, self.spool_dir, robot_id=self.robot_id, host=self.host,
+                                 port=port, root_certificates=self.root_certificates,
+                                 auth_private_key=self.auth_private_key, extra_node_config=self.extra_node_config)
+
+    def kill_stale(self) -> bool:
+        try:
+            with open(self.pidfile) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            return False
+        pid, ticks = int(rec.get("pid", 0)), rec.get("start_ticks")
+        killed = False
+        if pid > 0 and ticks is not None and _proc_start_ticks(pid) == ticks and not _is_zombie(pid):
+            kill_tree(pid)
+            self.stale_killed += 1
+            killed = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pidfile)
+        return killed
+
+    def start(self) -> None:
+        self._stopped = False
+        self.kill_stale()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        os.makedirs(self.flwr_home, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.command(), env=flower_env(self.flwr_home), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        finally:
+            log.close()
+        self.started_at = time.time()
+        self.starts += 1
+        from .durable import atomic_write_json
+
+        atomic_write_json(self.pidfile, {"pid": self.proc.pid, "start_ticks": _proc_start_ticks(self.proc.pid),
+                                         "started_at": self.started_at}, fsync=False)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def poll(self) -> str:
+        """``running`` | ``restarted`` | ``waiting`` (exited, back-off pending) | ``stopped``."""
+        if self._stopped:
+            return "stopped"
+        if self.running:
+            if time.time() - self.started_at > 60.0:
+                self._backoff = 1.0
+            return "running"
+        now = time.monotonic()
+        if self.proc is not None:  # it just exited: schedule the restart
+            self.last_exit = self.proc.returncode
+            self.proc = None
+            self._next_start = now + self._backoff
+            self._backoff = min(self.max_backoff, self._backoff * 2.0)
+        if now < self._next_start:
+            return "waiting"
+        self._spawn()
+        self.restarts += 1
+        return "restarted"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+        if self.proc is not None:
+            kill_tree(self.proc.pid, timeout)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2.0)
+            self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pidfile)
+
+
 def supernode_main(argv: list[str] | None = None) -> int:
     """``sakura-nexus supernode``: run a Flower SuperNode for one robot (replaces this process)."""
     p = argparse.ArgumentParser(prog="sakura-nexus supernode", description=supernode_main.__doc__)
@@ -534,7 +680,8 @@ def supernode_main(argv: list[str] | None = None) -> int:
 
 
 _RUN_FLAGS = [  # (flag, run-config key, type)
-    ("--model-size", "model-size", int), ("--init-model", "init-model", str), ("--model-id", "model-id", str),
+    ("--model-size", "model-size", int), ("--init-model", "init-model", str),
+    ("--init-version", "init-version", int), ("--model-id", "model-id", str),
     ("--model-codec", "model-codec", str), ("--buffer-size", "buffer-size", int),
     ("--staleness-exponent", "staleness-exponent", float), ("--max-staleness", "max-staleness", int),
     ("--server-lr", "server-lr", float), ("--clip-norm", "clip-norm", float),
@@ -555,6 +702,12 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="Flower HTTP port (Fleet/Control/Runtime)")
     for flag, _key, typ in _RUN_FLAGS:
         p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--init-world-model", default=None, metavar="CHECKPOINT",
+                   help="start from this world-model checkpoint (directory or world_model.bin; 'shipped' = "
+                        "the shipped models/): its parameters, flattened in named_parameters order, become "
+                        "the initial global model (<store-dir>/init_world_model.npy) with the checkpoint's "
+                        "version; sets --init-model/--init-version/--model-size. Ignored on a restart "
+                        "(the store's checkpoint wins)")
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Flower run-config entry (TOML value), repeatable")
     p.add_argument("--ssl-certfile", default=None)
@@ -581,6 +734,19 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     for item in a.run_config:
         k, _, v = item.partition("=")
         rc[k.strip()] = _parse_scalar(v.strip())
+    init_info = None
+    if a.init_world_model is not None:
+        if a.init_model:
+            p.error("--init-world-model and --init-model are exclusive")
+        from .weights import write_init_model
+
+        init_info = write_init_model(a.init_world_model, os.path.abspath(a.store_dir))
+        if a.model_size is not None and a.model_size != init_info["size"]:
+            p.error(f"--model-size {a.model_size} != {init_info['size']} parameters of {a.init_world_model}")
+        rc["init-model"] = init_info["path"]
+        rc["model-size"] = init_info["size"]
+        if a.init_version is None:
+            rc["init-version"] = init_info["version"]
     agg = AggregatorProcess(store_dir=os.path.abspath(a.store_dir), host=a.host, port=a.port, run_config=rc,
                             tls=tls, enable_supernode_auth=a.enable_supernode_auth,
                             supernode_public_keys=a.supernode_public_key)
@@ -593,7 +759,7 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     agg.start()
     print(json.dumps({"event": "aggregator_started", "address": agg.address, "run_id": agg.run_id,
-                      "store_dir": agg.store_dir}), flush=True)
+                      "store_dir": agg.store_dir, "init": init_info}), flush=True)
     rc_code = 0
     while not stopping["flag"]:
         if not agg.alive():

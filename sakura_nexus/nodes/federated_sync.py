@@ -1,0 +1,295 @@
+"""federated_sync_node: the robot's link to the fleet. Model deltas in, durable spool, Flower SuperNode,
+global models out. Thin adapter over :mod:`sakura_nexus.federated` (see docs/federated.md).
+
+- ``model_delta`` (reliable): the cumulative weight change world_model_node publishes every
+  ``delta_period``. :class:`~sakura_nexus.federated.uplink.DeltaUplink` turns it into an increment,
+  L2-clips it (``clip_norm``), adds local Gaussian noise if ``local_noise_std`` > 0 (accounted),
+  encodes it with ``codec`` through error feedback (residual kept on the robot, persisted in the spool
+  directory) and appends it durably to the spool under ``(robot_id, sequence)``; a sequence seen
+  before is refused and counted (``duplicates``).
+- A Flower SuperNode for this robot (``start_supernode``) is started, restarted when it dies and
+  stopped with the node; it carries spooled payloads to the ``superlink`` and stores new global models
+  in the spool inbox. Nothing else leaves the robot: no images, no embeddings, only codec payloads
+  of weight deltas (``egress_audit_dir`` keeps a copy of every upstream message for audit).
+- Every ``poll_period``: a newer global model in the inbox is turned into a world-model payload (the
+  ``checkpoint``'s architecture and buffers, the flat global vector copied into its parameters in
+  ``named_parameters`` order) and published on ``model_update`` (transient-local, sha256), so
+  world_model_node and policy_node hot-swap it; ``sync_status`` reports the link.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+
+from rclpy.lifecycle import State, TransitionCallbackReturn
+
+from sakura_nexus.federated.codecs import CodecError, decode
+from sakura_nexus.federated.durable import check_robot_id
+from sakura_nexus.federated.launcher import SuperNodeSupervisor
+from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.uplink import DeltaUplink
+from sakura_nexus.msg import ModelDelta, ModelUpdate, SyncStatus
+from sakura_nexus.params import FEDERATED_SYNC
+from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
+from sakura_nexus.ros.qos import model_qos, state_qos
+
+MODEL_ID = "world_model"
+
+
+class FederatedSyncNode(NexusNode):
+    def __init__(self, **kwargs):
+        super().__init__("federated_sync_node", FEDERATED_SYNC, **kwargs)
+        self.robot_id = ""
+        self.spool: Spool | None = None
+        self.uplink: DeltaUplink | None = None
+        self.supernode: SuperNodeSupervisor | None = None
+        self._template = None  # world model whose parameters receive global vectors
+        self._n_params: int | None = None
+        self._published_version = -1
+        self._last_error = ""
+        self._base_stats: dict = {}
+        self._pubs: dict = {}
+        self._timer = None
+        self.params.on_change(self._on_params)
+        atexit.register(self._stop_supernode)
+
+    def _on_params(self, changed: dict) -> None:
+        if self.uplink is None:
+            return
+        if "codec" in changed:
+            self.uplink.set_codec(changed["codec"])
+        if "clip_norm" in changed or "local_noise_std" in changed:
+            self.uplink.set_privacy(self.params.clip_norm, self.params.local_noise_std)
+        if "poll_period" in changed and self._timer is not None:
+            self._timer.cancel()
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(changed["poll_period"], self._poll)
+
+    def _error(self, msg: str) -> None:
+        self._last_error = msg
+        self.get_logger().error(msg, throttle_duration_sec=5.0)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        p = self.params
+        self.robot_id = p.robot_id or self.get_namespace().strip("/").replace("/", "_") or "robot"
+        try:
+            check_robot_id(self.robot_id)
+        except ValueError as e:
+            self.get_logger().error(str(e))
+            return TransitionCallbackReturn.FAILURE
+        spool_dir = p.spool_dir or os.path.join(
+            os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros"),
+            "sakura_nexus", "spool", self.robot_id)
+        try:
+            import torch
+
+            from sakura_nexus.federated.weights import load_world_model
+
+            torch.set_num_threads(1)
+            self._template = load_world_model(p.checkpoint or None)
+            self._n_params = self._template.num_parameters()
+        except Exception as e:  # noqa: BLE001 - deltas are still spooled; updates cannot be converted
+            self._template, self._n_params = None, None
+            self._error(f"cannot load world-model checkpoint {p.checkpoint or 'shipped'!r}: {e}; "
+                        "global models will not be published")
+        try:
+            self.spool = Spool(spool_dir, p.spool_max_bytes, p.spool_policy)
+            self.uplink = DeltaUplink(self.spool, self.robot_id, codec=p.codec, clip_norm=p.clip_norm,
+                                      noise_multiplier=p.local_noise_std, expected_size=self._n_params,
+                                      model_id=MODEL_ID)
+        except (OSError, ValueError) as e:
+            self.get_logger().error(f"cannot open spool {spool_dir}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._base_stats = self.spool.stats()
+        self.get_logger().info(f"robot {self.robot_id}: spool {spool_dir} ({self._base_stats['pending']} pending), "
+                               f"uplink {self.uplink.recovery}, codec {p.codec}, "
+                               f"model {self._n_params} parameters")
+        self.diag.set("robot_id", self.robot_id)
+        self.diag.set("spool_dir", spool_dir)
+        self.diag.set("uplink_recovery", self.uplink.recovery)
+        if p.start_supernode:
+            extra = {"egress-audit-dir": os.path.abspath(p.egress_audit_dir)} if p.egress_audit_dir else {}
+            self.supernode = SuperNodeSupervisor(p.superlink, spool_dir, self.robot_id, port=p.supernode_port,
+                                                 root_certificates=p.root_certificates or None,
+                                                 auth_private_key=p.auth_private_key or None,
+                                                 extra_node_config=extra)
+        self._pubs["update"] = self.create_lifecycle_publisher(ModelUpdate, "model_update", model_qos())
+        self._pubs["status"] = self.create_lifecycle_publisher(SyncStatus, "sync_status", state_qos())
+        self.create_subscription(ModelDelta, "model_delta", self._on_delta, state_qos(10))
+        self._timer = self.create_timer(p.poll_period, self._poll)
+        self.diag.level_from(self._level)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)
+        if self.supernode is not None:
+            try:
+                self.supernode.start()
+                self.get_logger().info(f"SuperNode for {self.robot_id} -> {self.params.superlink} "
+                                       f"(pid {self.supernode.proc.pid}, log {self.supernode.log_path})")
+                if self.supernode.stale_killed:
+                    self.diag.count("supernode_stale_killed", self.supernode.stale_killed)
+            except OSError as e:
+                self._error(f"cannot start the SuperNode: {e}")
+        self._poll()
+        return ret
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_supernode()
+        return super().on_deactivate(state)
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_supernode()
+        return super().on_shutdown(state)
+
+    def _stop_supernode(self) -> None:
+        if self.supernode is not None and not self.supernode._stopped:
+            self.supernode.stop()
+
+    def destroy_node(self):
+        self._stop_supernode()
+        return super().destroy_node()
+
+    def _level(self):
+        if self.spool is None:
+            return ERROR, "no spool"
+        if self._template is None:
+            return ERROR, "no world-model checkpoint: global models cannot be applied"
+        if self.supernode is not None and not self.supernode.running:
+            return WARN, f"SuperNode not running (last exit {self.supernode.last_exit})"
+        if self._last_error:
+            return WARN, self._last_error[:200]
+        return OK, f"v{max(self._published_version, 0)}, {self.diag.counters.get('deltas_spooled', 0)} spooled"
+
+    # --- uplink -----------------------------------------------------------------------------
+    def _on_delta(self, msg: ModelDelta) -> None:
+        if self.uplink is None or not self._pubs["status"].is_activated:
+            return
+        self.diag.count("deltas_received")
+        if msg.model_id != MODEL_ID:
+            self.drop("model_id", f"model_id {msg.model_id!r} is not synced")
+            return
+        t0 = time.perf_counter()
+        try:
+            res = self.uplink.submit(msg.sequence, msg.base_version, bytes(msg.payload),
+                                     sample_count=msg.sample_count, local_loss=msg.local_loss)
+        except OSError as e:  # disk trouble writing the robot state: keep the node up, report it
+            self.diag.count("uplink_errors")
+            self._error(f"uplink state write failed: {e}")
+            return
+        if res.status == "duplicate":
+            self.diag.count("duplicates")
+            self.get_logger().warning(f"delta sequence {msg.sequence} refused as duplicate ({res.reason})",
+                                      throttle_duration_sec=5.0)
+            return
+        if res.status == "unchanged":
+            self.diag.count("deltas_unchanged")
+            return
+        if res.status != "spooled":
+            reason = res.reason.split(":", 1)[0]
+            self.drop(reason, res.reason)
+            self._last_error = f"delta {msg.sequence} dropped: {res.reason}"
+            return
+        self.diag.count("deltas_spooled")
+        self.diag.count("bytes_in", res.bytes_in)
+        self.diag.count("bytes_spooled", res.bytes_out)
+        if res.clipped:
+            self.diag.count("clipped")
+        self.diag.set("last_increment_norm", round(res.increment_norm, 6))
+        self.diag.set("residual_norm", round(self.uplink.residual_norm, 6))
+        self.diag.set("spool_ms", round((time.perf_counter() - t0) * 1e3, 2))
+        # after the append returned (durable): the line tests and operators rely on
+        self.get_logger().info(f"spooled {self.robot_id} seq={msg.sequence} base=v{msg.base_version} "
+                               f"{res.bytes_in}->{res.bytes_out} B norm={res.increment_norm:.4g}")
+
+    # --- downlink + status ------------------------------------------------------------------
+    def _poll(self) -> None:
+        if self.spool is None or not self._pubs["status"].is_activated:
+            return
+        if self.supernode is not None:
+            st = self.supernode.poll()
+            if st == "restarted":
+                self.diag.count("supernode_restarts")
+                self._last_error = f"SuperNode exited (code {self.supernode.last_exit}); restarted"
+                self.get_logger().warning(self._last_error)
+        try:
+            self._publish_global()
+        except OSError as e:
+            self._error(f"inbox read failed: {e}")
+        self._publish_status()
+
+    def _publish_global(self) -> None:
+        v = self.spool.inbox.latest_version(MODEL_ID)
+        if v <= self._published_version or self._template is None:
+            return
+        got = self.spool.inbox.latest(MODEL_ID)
+        if got is None:
+            return
+        version, payload, _meta = got
+        self._published_version = max(self._published_version, version)  # a bad version is not retried
+        try:
+            vec = decode(payload)
+            from sakura_nexus.federated.weights import vector_to_payload
+            from sakura_nexus.models.serialization import sha256_hex
+
+            out = vector_to_payload(self._template, vec, version)
+        except (CodecError, ValueError) as e:
+            self.diag.count("model_update_errors")
+            self._error(f"global model v{version} not usable: {e}")
+            return
+        msg = ModelUpdate(model_id=MODEL_ID, version=int(version), codec="state-dict-v1", payload=out,
+                          sha256=sha256_hex(out))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._pubs["update"].publish(msg)
+        self.diag.count("model_updates_published")
+        self.diag.set("global_version", int(version))
+        self.get_logger().info(f"published global world model v{version} ({len(out)} B)")
+
+    def _link_state(self, last_sync: dict | None) -> int:
+        age = time.time() - float(last_sync["time"]) if last_sync else float("inf")
+        fresh = age < self.params.link_timeout
+        sn = self.supernode
+        if sn is None:
+            if fresh:
+                return SyncStatus.LINK_ONLINE
+            return SyncStatus.LINK_DISABLED if last_sync is None else SyncStatus.LINK_OFFLINE
+        if not sn.running:
+            return SyncStatus.LINK_OFFLINE
+        if last_sync is None or float(last_sync["time"]) < sn.started_at:
+            return SyncStatus.LINK_CONNECTING
+        return SyncStatus.LINK_ONLINE if fresh else SyncStatus.LINK_OFFLINE
+
+    def _publish_status(self) -> None:
+        st = self.spool.stats()
+        last = self.spool.last_sync()
+        base = self._base_stats
+        msg = SyncStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.link_state = self._link_state(last)
+        msg.pending_deltas = int(st.get("pending", 0))
+        msg.spool_bytes = int(st.get("bytes", 0))
+        msg.bytes_sent = max(0, int(st.get("bytes_sent", 0)) - int(base.get("bytes_sent", 0)))
+        msg.bytes_received = max(0, int(st.get("bytes_received", 0)) - int(base.get("bytes_received", 0)))
+        msg.deltas_acked = max(0, int(st.get("acked", 0)) - int(base.get("acked", 0)))
+        msg.global_version = max(0, self.spool.inbox.latest_version(MODEL_ID))
+        msg.epsilon_spent = float(self.uplink.epsilon) if self.uplink else 0.0
+        msg.last_error = self._last_error
+        self._pubs["status"].publish(msg)
+        for k in ("pending", "bytes", "acked", "duplicates", "merged", "dropped", "corrupt", "syncs",
+                  "bytes_sent", "bytes_received"):
+            self.diag.set(f"spool_{k}", int(st.get(k, 0)))
+        self.diag.set("link_state", int(msg.link_state))
+        self.diag.set("epsilon_spent", round(msg.epsilon_spent, 4))
+        if self.supernode is not None:
+            self.diag.set("supernode_pid", self.supernode.proc.pid if self.supernode.running else 0)
+
+
+def main(args=None) -> int:
+    return run(FederatedSyncNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
