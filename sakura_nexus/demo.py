@@ -212,7 +212,13 @@ def _trim(d: dict, keep: int = 20000) -> None:
 
 
 class Mission:
-    """In-process rclpy node that sends goals and records what the robot does (topics only)."""
+    """In-process rclpy node that sends goals and records what the robot does (topics only).
+
+    Two nodes, two executor threads: ``node`` (sim time) takes the high-rate plain topics (odom,
+    contacts, /clock at 100+ Hz) on rclpy's C++ EventsExecutor where available, so the harness stays
+    light on a 2-core machine; ``timing`` (wall clock) takes the per-frame topics whose DDS source /
+    reception timestamps are recorded, with (msg, MessageInfo) callbacks on a SingleThreadedExecutor
+    (the EventsExecutor of rclpy 9.1 cannot call those)."""
 
     def __init__(self, namespace: str = "", hops: bool = False, diagnostics: bool = False):
         import rclpy
@@ -228,6 +234,7 @@ class Mission:
 
         ns = f"/{namespace.strip('/')}/" if namespace else ""
         self.node = rclpy.create_node("demo_mission", parameter_overrides=[Parameter("use_sim_time", value=True)])
+        self.timing = rclpy.create_node("demo_mission_timing")
         self.log = MissionLog()
         self.pose: tuple[float, float, float] | None = None
         self._contact_prev = False
@@ -238,23 +245,44 @@ class Mission:
         sub(Odometry, ns + "odom", self._on_odom, state_qos(50))
         sub(Bool, ns + "contacts", self._on_contact, state_qos(50))
         sub(WorldState, ns + "world_state", self._on_state, state_qos(10))
-        sub(Path, ns + "plan", self._on_plan, state_qos(10))
-        sub(Twist, ns + "cmd_vel", self._on_cmd, state_qos(50))
-        sub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
         sub(SyncStatus, ns + "sync_status", self._on_sync, state_qos())
-        if hops:
-            from sakura_nexus.msg import Observation
-
-            sub(Observation, ns + "observation", self._on_obs, state_qos(10))
         if diagnostics:
             from diagnostic_msgs.msg import DiagnosticArray
 
             sub(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        # not the EventsExecutor: it cannot call (msg, MessageInfo) callbacks (rclpy 9.1: SystemError)
-        self._ex = SingleThreadedExecutor()
+        tsub = self.timing.create_subscription
+        tsub(Path, ns + "plan", self._on_plan, state_qos(10))
+        tsub(Twist, ns + "cmd_vel", self._on_cmd, state_qos(50))
+        tsub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
+        if hops:
+            from sakura_nexus.msg import Observation
+
+            tsub(Observation, ns + "observation", self._on_obs, state_qos(10))
+            tsub(WorldState, ns + "world_state", self._on_state_timing, state_qos(10))
+        try:
+            from rclpy.experimental import EventsExecutor
+
+            self._ex = EventsExecutor()
+        except ImportError:
+            self._ex = SingleThreadedExecutor()
         self._ex.add_node(self.node)
-        self._thread = threading.Thread(target=self._ex.spin, daemon=True)
-        self._thread.start()
+        self._tex = SingleThreadedExecutor()
+        self._tex.add_node(self.timing)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._spin, args=(ex,), daemon=True) for ex in (self._ex, self._tex)]
+        for t in self._threads:
+            t.start()
+
+    def _spin(self, ex) -> None:
+        import rclpy
+
+        while not self._stop.is_set() and rclpy.ok():
+            try:
+                ex.spin_once(timeout_sec=0.1)
+            except Exception:  # noqa: BLE001 - context shut down under us
+                if self._stop.is_set() or not rclpy.ok():
+                    return
+                raise
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -278,12 +306,14 @@ class Mission:
                 self.log.collision_at.append((self.now(), self.pose[0], self.pose[1]))
         self._contact_prev = m.data
 
-    def _on_state(self, m, info):
+    def _on_state(self, m):
         self.world_states += 1
-        k = self._key(m.header.stamp)
-        self.log.ws_src[k] = info["source_timestamp"]
         if self.recording:
-            self.log.surprise.append((k * 1e-9, float(m.surprise), float(m.uncertainty), int(m.model_version)))
+            t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+            self.log.surprise.append((t, float(m.surprise), float(m.uncertainty), int(m.model_version)))
+
+    def _on_state_timing(self, m, info):
+        self.log.ws_src[self._key(m.header.stamp)] = info["source_timestamp"]
         _trim(self.log.ws_src)
 
     def _on_obs(self, m, info):
@@ -342,8 +372,16 @@ class Mission:
             self.send_goal(*self.pose)
 
     def close(self):
-        self._ex.shutdown(timeout_sec=1.0)
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        for ex in (self._ex, self._tex):
+            try:
+                ex.shutdown(timeout_sec=1.0)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
         self.node.destroy_node()
+        self.timing.destroy_node()
 
 
 # --------------------------------------------------------------------------------------------- goals

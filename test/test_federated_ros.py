@@ -145,20 +145,35 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
             procs.append(NodeProcess("world_model", {
                 "checkpoint": str(ckpt_dir), "delta_period": 1.0, "max_input_age": 2.0,
                 "learning_steps_per_s": 20.0, "batch_size": 8}, namespace=f"/{r}"))
+        feed.start()
+        started = json.loads(agg.stdout.readline() or "{}")
+        assert started.get("event") == "aggregator_started", open(tmp_path / "aggregator.log").read()[-3000:]
+        assert started["init"]["version"] == 1 and started["init"]["size"] == n_params
+        # (started once the SuperLink is up: a SuperNode that finds no SuperLink backs off for many seconds)
+        for r in robots:
             procs.append(NodeProcess("federated_sync", {
                 "checkpoint": str(ckpt_dir), "spool_dir": str(tmp_path / f"spool_{r}"),
                 "superlink": f"127.0.0.1:{port}", "codec": CODEC, "clip_norm": 10.0, "poll_period": 0.5,
                 "egress_audit_dir": audit[r]}, namespace=f"/{r}"))
-        started = json.loads(agg.stdout.readline() or "{}")
-        assert started.get("event") == "aggregator_started", open(tmp_path / "aggregator.log").read()[-3000:]
-        assert started["init"]["version"] == 1 and started["init"]["size"] == n_params
-        feed.start()
+
+        marks: dict[str, float] = {"aggregator_up": time.monotonic() - t0}
 
         def versions():
             return {r: max((s.model_version for s in got[r]["states"]), default=0) for r in robots}
 
+        def mark(name, cond):
+            if name not in marks and cond:
+                marks[name] = round(time.monotonic() - t0, 1)
+
         def done():
-            return _status(store).get("version", 0) >= 2 and all(v >= 2 for v in versions().values())
+            st, vs = _status(store), versions()
+            mark("agg_v2", st.get("version", 0) >= 2)
+            for r in robots:
+                mark(f"{r}_state", bool(got[r]["states"]))
+                mark(f"{r}_delta", bool(got[r]["deltas"]))
+                mark(f"{r}_update_v2", any(u.version >= 2 for u in got[r]["updates"]))
+                mark(f"{r}_state_v2", vs[r] >= 2)
+            return st.get("version", 0) >= 2 and all(v >= 2 for v in vs.values())
 
         ok = wait_for(done, 100, period=0.5)
         logs = "\n".join(p.output()[-1500:] for p in procs)
@@ -212,13 +227,16 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
         print(f"\nFLEET: both robots on a global version >= 2 after {elapsed:.1f} s (v{v_first}); settled on "
               f"v{v_agg} after {time.monotonic() - t0:.1f} s; "
               f"upstream {sizes} (payloads, mean bytes) vs dense model_delta {dense:.0f} B; "
-              f"aggregator counters {st['counters']}")
+              f"aggregator counters {st['counters']}; timeline {marks}")
     finally:
         feed.stop.set()
-        for p in procs:
-            p.stop(signal.SIGINT, timeout=15)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agg.pid, signal.SIGTERM)
+        for p in procs:  # all at once, then wait for each
+            if p.alive():
+                p.proc.send_signal(signal.SIGINT)
+        for p in procs:
+            p.stop(signal.SIGINT, timeout=15)
         try:
             agg.wait(30)
         except subprocess.TimeoutExpired:
@@ -297,14 +315,17 @@ def test_kill9_mid_append_loses_nothing_spooled(ros_node, ckpt, tmp_path, fast_f
         while len(_spooled(node.output())) < 6 and time.monotonic() < t_end:
             src.publish()
             time.sleep(0.03)
-        for _ in range(3):
+        for _ in range(8):  # a burst: the node is busy appending when the kill lands
             src.publish()
-        time.sleep(0.02)
+        time.sleep(0.15)
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait(5)
         reported = _spooled(node.output())
         assert len(reported) >= 6, node.output()
         node.stop()
+        torn = [f for d in ("deltas", "uplink", ".") for f in os.listdir(os.path.join(spool_dir, d))
+                if f.startswith(".tmp-")]  # an interrupted atomic write (cleaned up on open)
+        print(f"\nKILL9: {len(reported)} appends reported, temp leftovers at the kill: {torn}")
         sp = Spool(spool_dir)
         assert sp.verify() == len(sp.pending())  # nothing torn or corrupt
         on_disk = {e.seq for e in sp.pending()}

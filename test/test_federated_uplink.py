@@ -76,6 +76,9 @@ def test_clipping_error_feedback_and_noise_accounting_survive_restart(tmp_path):
     # error feedback: what was sent + the residual kept on the robot = what was released (clipped)
     np.testing.assert_allclose(_spooled_sum(spool) + up.ef.residual, released, atol=2e-5)
     res = up.ef.residual.copy()
+    with pytest.raises(RuntimeError, match="in use"):  # one uplink per spool directory
+        DeltaUplink(spool, "r1", codec="topk0.05+q8")
+    up.close()
     up2 = DeltaUplink(spool, "r1", codec="topk0.05+q8", clip_norm=0.5, expected_size=N)
     assert up2.state.seq == 5 and "resumed at sequence 5" in up2.recovery
     np.testing.assert_array_equal(up2.ef.residual, res)
@@ -83,6 +86,7 @@ def test_clipping_error_feedback_and_noise_accounting_survive_restart(tmp_path):
     up2.set_privacy(0.5, 1.0)
     assert up2.submit(6, 0, encode(cums[4] * 1.1)).spooled
     eps = up2.epsilon
+    up2.close()
     assert 0 < eps < float("inf")
     up3 = DeltaUplink(spool, "r1", codec="topk0.05+q8", clip_norm=0.5, noise_multiplier=1.0, expected_size=N)
     assert up3.epsilon == pytest.approx(eps)
@@ -108,6 +112,7 @@ def test_crash_between_state_write_and_append_rolls_back(tmp_path, monkeypatch):
     with pytest.raises(_Crash):  # "kill -9" after the state write, before the append
         up.submit(3, 0, encode(cums[2]))
     monkeypatch.undo()
+    up.close()  # (the process died)
     up2 = DeltaUplink(Spool(spool.dir), "r1", codec="dense", clip_norm=1e6, expected_size=N)
     assert up2.state.seq == 2 and "rolled back" in up2.recovery
     assert up2.submit(3, 0, encode(cums[2])).spooled
@@ -126,6 +131,7 @@ def test_crash_between_state_write_and_append_rolls_back(tmp_path, monkeypatch):
     with pytest.raises(_Crash):
         up2.submit(5, 0, encode(nxt))
     monkeypatch.undo()
+    up2.close()
     up3 = DeltaUplink(Spool(spool.dir), "r1", codec="dense", clip_norm=1e6, expected_size=N)
     assert up3.state.seq == 5
     np.testing.assert_allclose(_spooled_sum(up3.spool), nxt, atol=1e-5)

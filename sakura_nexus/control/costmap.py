@@ -29,30 +29,27 @@ class CostToGo:
     """Geodesic distance-to-goal field over a square cell centred at the origin.
 
     ``obstacles``: objects with x, y, sx, sy (full extents), yaw; ``size``: cell side [m].
-    Cells closer than ``radius`` to an obstacle/wall are impassable; cells within ``radius + band``
-    cost ``1 + band_cost`` per metre (keeps the route away from surfaces)."""
+    Per metre, cells cost 1 in free space, ``1 + band_cost`` within ``radius + band`` of an
+    obstacle/wall (keeps the route off surfaces) and ``blocked_cost`` closer than ``radius``
+    (passages narrower than ``2 * radius`` are practically closed). Blocked cells are expensive,
+    not infinite, so the field stays continuous and points out of them: a robot whose pose is
+    inside the inflated zone (or a sample that strays there) still gets a useful gradient."""
 
     def __init__(self, obstacles, size: float, goal, resolution: float = 0.05, radius: float = ROBOT_RADIUS,
-                 band: float = 0.15, band_cost: float = 2.0, dtype: torch.dtype = torch.float32):
+                 band: float = 0.15, band_cost: float = 2.0, blocked_cost: float = 30.0,
+                 dtype: torch.dtype = torch.float32):
         self.size, self.res, self.goal = float(size), float(resolution), (float(goal[0]), float(goal[1]))
         n = int(math.ceil(self.size / self.res))
         self.n = n
         c = (np.arange(n) + 0.5) * self.res - self.size / 2
         xx, yy = np.meshgrid(c, c, indexing="xy")          # [row=y, col=x]
         sdf = sdf_np(xx, yy, list(obstacles), self.size)
-        step = np.where(sdf < radius, np.inf, np.where(sdf < radius + band, 1.0 + band_cost, 1.0)) * self.res
+        step = np.where(sdf < radius, blocked_cost, np.where(sdf < radius + band, 1.0 + band_cost, 1.0)) * self.res
         d = np.full((n, n), np.inf)
         gi = min(max(int((self.goal[1] + self.size / 2) / self.res), 0), n - 1)
         gj = min(max(int((self.goal[0] + self.size / 2) / self.res), 0), n - 1)
         d[gi, gj] = 0.0
-        step_g = step.copy()
-        step_g[gi, gj] = self.res
-        d = _relax(d, step_g)
-        finite = np.isfinite(d)
-        # unreachable / inside obstacles: straight-line distance plus a large constant (still a gradient)
-        big = 2.0 * self.size * (1.0 + band_cost)
-        euclid = np.hypot(xx - self.goal[0], yy - self.goal[1])
-        d = np.where(finite, d, euclid + big)
+        d = _relax(d, step)
         gy, gx = np.gradient(d, self.res)
         norm = np.hypot(gx, gy) + 1e-9
         self.distance = d

@@ -80,17 +80,22 @@ class _MPCBase(Controller):
     """``cell_map``: optional ``(obstacles, size)`` of a known map; the goal term then uses the geodesic
     cost-to-go (:class:`~sakura_nexus.control.costmap.CostToGo`) instead of the straight line."""
 
-    def __init__(self, dynamics, config: MPPIConfig | None = None, cell_map=None):
+    def __init__(self, dynamics, config: MPPIConfig | None = None, cell_map=None,
+                 map_clearance: float = ROBOT_RADIUS + 0.1):
         self.planner = MPPIPlanner(dynamics, config)
         self.dynamics = dynamics
         self.cell_map = cell_map
+        # passages narrower than 2 * map_clearance are closed on the map: the route must not lead
+        # through gaps the collision term will refuse (robot disc radius + the model's margin)
+        self.map_clearance = map_clearance
 
     def reset(self, goal) -> None:
         self.planner.reset()
         if self.cell_map is not None:
             from .costmap import CostToGo
 
-            self.planner.set_cost_to_go(CostToGo(self.cell_map[0], self.cell_map[1], goal))
+            self.planner.set_cost_to_go(CostToGo(self.cell_map[0], self.cell_map[1], goal,
+                                                 radius=self.map_clearance))
 
     def _plan(self, z, obs: Observation) -> ControlOutput:
         res = self.planner.plan(z, obs.goal, prev_action=obs.last_command, position=obs.pose[:2])
@@ -114,8 +119,9 @@ class LatentMPCController(_MPCBase):
     needs_image = True
 
     def __init__(self, encoder, world_model, config: MPPIConfig | None = None,
-                 preprocess: Callable | None = None, image_size=(64, 64), cell_map=None):
-        super().__init__(world_model, config, cell_map)
+                 preprocess: Callable | None = None, image_size=(64, 64), cell_map=None,
+                 map_clearance: float = ROBOT_RADIUS + 0.1):
+        super().__init__(world_model, config, cell_map, map_clearance)
         self.encoder, self.image_size = encoder, tuple(image_size)
         self.preprocess = preprocess or _to_tensor
 

@@ -52,6 +52,7 @@ _ENTRY_POINTS = {
 __all__ = [
     "AIRGAP_ENV",
     "AggregatorProcess",
+    "aggregator_command",
     "SuperNodeSupervisor",
     "aggregator_main",
     "flower_env",
@@ -775,6 +776,24 @@ def aggregator_main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
     agg.stop()
     return rc_code
+
+
+def aggregator_command(store_dir: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
+                       init_world_model: str | None = "shipped", buffer_size: int = 2, clip_norm: float = 10.0,
+                       sync_interval: float = 2.0, allowed_codecs: str | None = None,
+                       executable: list[str] | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``sakura-nexus aggregator`` command line for a fleet whose robots run ``init_world_model``
+    (checkpoint dir / world_model.bin / ``shipped``): used by launch/fleet.launch.py and the demo.
+    ``executable`` defaults to ``[python, -m, sakura_nexus]``."""
+    cmd = list(executable or [sys.executable, "-m", "sakura_nexus"]) + [
+        "aggregator", "--store-dir", str(store_dir), "--host", host, "--port", str(int(port)),
+        "--buffer-size", str(int(buffer_size)), "--clip-norm", repr(float(clip_norm)),
+        "--sync-interval", repr(float(sync_interval))]
+    if init_world_model:
+        cmd += ["--init-world-model", str(init_world_model)]
+    if allowed_codecs:
+        cmd += ["--allowed-codecs", allowed_codecs]
+    return cmd + list(extra)
 
 
 def _parse_scalar(v: str):

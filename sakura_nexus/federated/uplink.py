@@ -22,6 +22,7 @@ residual and the epsilon spent survive restarts.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import math
@@ -33,7 +34,7 @@ import numpy as np
 
 from .codecs import CodecError, ErrorFeedback, decode, get_codec
 from .durable import atomic_write, check_robot_id, clean_temp_files, fsync_dir
-from .privacy import RDPAccountant, LocalPrivatizer, l2norm
+from .privacy import LocalPrivatizer, RDPAccountant, l2norm
 from .spool import Spool, SpoolFull
 
 __all__ = ["DeltaUplink", "UplinkResult", "UplinkState"]
@@ -95,6 +96,13 @@ class DeltaUplink:
         self.fsync = fsync
         self.dir = os.path.join(spool.dir, "uplink")
         os.makedirs(self.dir, exist_ok=True)
+        # one uplink per spool: a second node on the same directory would clobber the robot state
+        self._owner = os.open(os.path.join(self.dir, ".owner"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._owner)
+            raise RuntimeError(f"{spool.dir} is in use by another uplink (federated_sync_node)") from None
         clean_temp_files(self.dir)
         get_codec(codec)
         self.codec = codec
@@ -105,6 +113,12 @@ class DeltaUplink:
         if self.state.residual is not None:
             self.ef.residual = self.state.residual.copy()
         self.privatizer = self._make_privatizer()
+
+    def close(self) -> None:
+        """Release the spool (the lock is also released when the process dies)."""
+        if self._owner >= 0:
+            os.close(self._owner)
+            self._owner = -1
 
     # ------------------------------------------------------------------ configuration
 

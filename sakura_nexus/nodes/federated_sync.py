@@ -100,7 +100,7 @@ class FederatedSyncNode(NexusNode):
             self.uplink = DeltaUplink(self.spool, self.robot_id, codec=p.codec, clip_norm=p.clip_norm,
                                       noise_multiplier=p.local_noise_std, expected_size=self._n_params,
                                       model_id=MODEL_ID)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:
             self.get_logger().error(f"cannot open spool {spool_dir}: {e}")
             return TransitionCallbackReturn.FAILURE
         self._base_stats = self.spool.stats()
