@@ -4,9 +4,9 @@ separate process (the demo supervisor, config/nexus.yaml), the robot driving goa
 Measured over ``--seconds`` after a warm-up, with DDS sample timestamps (rclpy MessageInfo, system
 clock), so the harness' own scheduling does not enter the numbers:
 
-- latency image -> command: from the *source* timestamp of the camera_info sim_node publishes right
-  after each image (rendering happens before it and is excluded) to the *reception* timestamp here of
-  the ``plan`` carrying that image stamp (policy_node publishes it right after the cmd_vel planned
+- latency image -> command: from the *source* timestamp of each image (taken here as a raw, serialized
+  message: only its stamp is parsed; rendering happens before it and is excluded) to the *reception*
+  timestamp here of the ``plan`` carrying that image stamp (policy_node publishes it right after the cmd_vel planned
   from that image). p50 / p99; targets p50 <= 8 ms, p99 <= 20 ms;
 - per hop (source timestamps): image -> Observation, Observation -> WorldState, WorldState -> plan,
   plan delivery; compute inside each hop (Observation.compute_time per frame, world_model ``tick_ms``
@@ -54,10 +54,10 @@ def temporary_models(directory: pathlib.Path) -> pathlib.Path:
 
 def hop_table(log, t0_ns: int, t1_ns: int, diag: dict) -> dict:
     """Per-frame hop durations (ms) for every image stamp seen end to end inside the window."""
-    keys = [k for k in log.plan_rx if k in log.info_src and k in log.obs_src and k in log.ws_src
-            and k in log.plan_src and t0_ns <= log.info_src[k] <= t1_ns]
+    keys = [k for k in log.plan_rx if log.start_ns(k) is not None and k in log.obs_src and k in log.ws_src
+            and k in log.plan_src and t0_ns <= log.start_ns(k) <= t1_ns]
     keys.sort()
-    arr = np.array([(log.obs_src[k] - log.info_src[k], log.ws_src[k] - log.obs_src[k],
+    arr = np.array([(log.obs_src[k] - log.start_ns(k), log.ws_src[k] - log.obs_src[k],
                      log.plan_src[k] - log.ws_src[k], log.plan_rx[k] - log.plan_src[k]) for k in keys],
                    float).reshape(-1, 4) * 1e-6
     comp_obs = np.array([log.obs_compute[k] for k in keys], float) * 1e3
@@ -180,6 +180,9 @@ def main(argv=None) -> int:
     lat_rx = log.latency_s("rx")
     lat_src = log.latency_s("src")
     frames = sum(1 for t in log.info_src.values() if window0_ns <= t <= window1_ns)
+    # how much later than its image the camera_info went out (why the image's own timestamp is used)
+    info_lag = [(log.info_src[k] - log.image_src[k]) * 1e-9 for k in log.image_src
+                if k in log.info_src and window0_ns <= log.image_src[k] <= window1_ns]
     table, arr, comp_obs = hop_table(log, window0_ns, window1_ns, log.diag)
     ctrl = demo.cmd_gaps(log.cmd_src, 1.0 / 20.0, window0_ns, window1_ns)
     cpu = {n: round((cpu1[n] - cpu0[n]) / window_s, 3) for n in cpu1}
@@ -193,6 +196,7 @@ def main(argv=None) -> int:
         "frames_without_command": frames - int(lat_rx.size),
         "latency_image_to_command_received": lat,
         "latency_image_to_command_published": common.summary_ms(lat_src),
+        "camera_info_after_image": common.summary_ms(info_lag),
         **table,
         "control": ctrl,
         "rss_mb": rss, "rss_total_mb": round(sum(rss.values()), 1), "harness_rss_mb": round(harness_rss, 1),

@@ -27,6 +27,7 @@ import math
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -181,8 +182,10 @@ class MissionLog:
     collisions: int = 0
     collision_at: list = field(default_factory=list)   # (t, x, y) at each new contact
     sync: list = field(default_factory=list)           # (t, global_version, bytes_sent, pending)
-    # DDS timestamps (ns, system clock) per image stamp: source time of the camera_info (= the image
-    # went out), source time of observation / world_state / plan, reception time of the plan here.
+    # DDS timestamps (ns, system clock) per image stamp: source time of the image (taken raw, only its
+    # stamp is parsed) and of its camera_info (published right after it), source time of observation /
+    # world_state / plan, reception time of the plan here.
+    image_src: dict = field(default_factory=dict)
     info_src: dict = field(default_factory=dict)
     obs_src: dict = field(default_factory=dict)
     obs_compute: dict = field(default_factory=dict)    # Observation.compute_time (s)
@@ -194,12 +197,22 @@ class MissionLog:
     window: list | None = None                         # [t0_ns, t1_ns]: only stamps inside count
     t0: float | None = None                            # sim time the mission started driving
 
+    def start_ns(self, key: int) -> int | None:
+        """When the image with stamp ``key`` went out: its own source timestamp, else (image not seen
+        here) that of its camera_info, which sim_node publishes right after it."""
+        t = self.image_src.get(key)
+        return t if t is not None else self.info_src.get(key)
+
     def latency_s(self, which: str = "rx") -> np.ndarray:
         """Image -> command latencies (s): ``rx`` to the reception of the plan (as received by a
         consumer), ``src`` to its publication (cmd_vel goes out just before the plan)."""
         end = self.plan_rx if which == "rx" else self.plan_src
-        keys = [k for k in end if k in self.info_src and self._in_window(self.info_src[k])]
-        return np.array([(end[k] - self.info_src[k]) * 1e-9 for k in sorted(keys)])
+        out = []
+        for k in sorted(end):
+            t0 = self.start_ns(k)
+            if t0 is not None and self._in_window(t0):
+                out.append((end[k] - t0) * 1e-9)
+        return np.array(out)
 
     def _in_window(self, t_ns: int) -> bool:
         return self.window is None or self.window[0] <= t_ns <= self.window[1]
@@ -254,6 +267,10 @@ class Mission:
         tsub(Path, ns + "plan", self._on_plan, state_qos(10))
         tsub(Twist, ns + "cmd_vel", self._on_cmd, state_qos(50))
         tsub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
+        # the image itself, serialized (no deserialisation of the pixels): only its stamp is read
+        from sensor_msgs.msg import Image
+
+        tsub(Image, ns + "camera/image_raw", self._on_image_raw, sensor_qos(), raw=True)
         if hops:
             from sakura_nexus.msg import Observation
 
@@ -322,6 +339,13 @@ class Mission:
         self.log.obs_compute[k] = float(m.compute_time)
         _trim(self.log.obs_src)
         _trim(self.log.obs_compute)
+
+    def _on_image_raw(self, data: bytes, info):
+        # CDR: 4-byte encapsulation header, then header.stamp (int32 sec, uint32 nanosec), little endian
+        if len(data) >= 12 and data[1] == 1:
+            sec, nsec = struct.unpack_from("<iI", data, 4)
+            self.log.image_src[sec * 10**9 + nsec] = info["source_timestamp"]
+            _trim(self.log.image_src)
 
     def _on_info(self, m, info):
         self.log.info_src[self._key(m.header.stamp)] = info["source_timestamp"]
@@ -437,8 +461,9 @@ def pick_goals(seed: int, n: int, start=None, min_dist: float = 1.5, max_dist: f
         visited.append(best)
         prev = best
     if len(goals) < n:
-        raise RuntimeError(f"found only {len(goals)} of {n} goals in cell {seed} (min_dist {min_dist} m, "
-                           f"straight={straight})")
+        raise RuntimeError(f"found only {len(goals)} of {n} goals in cell {seed} at least {min_dist} m apart"
+                           + (" on obstacle-free straight legs (the robot is boxed in here: try another seed, "
+                              "or --no-straight with the MPC)" if straight else ""))
     return goals, layout
 
 
@@ -594,9 +619,9 @@ def summarise(log: MissionLog, extra: dict | None = None, control_rate: float = 
     s = {
         "goals": len(log.goals), "goals_reached": sum(g["reached"] for g in log.goals),
         "collisions": log.collisions,
-        "latency_ms": {"what": "image published (camera_info source time) -> plan received (cmd_vel goes out "
-                               "just before it)", "n": int(lat.size), "p50": q(lat, 50), "p99": q(lat, 99),
-                       "max": q(lat, 100)},
+        "latency_ms": {"what": "image published (DDS source time) -> plan received (DDS reception time; "
+                               "cmd_vel goes out just before the plan)",
+                       "n": int(lat.size), "p50": q(lat, 50), "p99": q(lat, 99), "max": q(lat, 100)},
         "control": cmd_gaps(log.cmd_src, 1.0 / control_rate),
         "world_states": len(log.surprise),
         "surprise_first_last": [round(log.surprise[0][1], 5), round(log.surprise[-1][1], 5)] if log.surprise else None,
@@ -636,11 +661,13 @@ def write_report(out: pathlib.Path, log: MissionLog, layout, summary: dict) -> p
         ax.plot(p[0, 1], p[0, 2], "o", ms=9, mfc="white", mec="k", zorder=7, label="start")
         cb = fig.colorbar(sc, ax=ax, fraction=0.04, pad=0.02)
         cb.set_label("sim time [s]")
+    labelled = set()
     for i, g in enumerate(log.goals):
         color = "tab:green" if g["reached"] else "tab:red"
+        label = "goal reached" if g["reached"] else "goal missed"
         ax.plot(g["goal"][0], g["goal"][1], "*", ms=17, color=color, mec="k", zorder=8,
-                label=("goal reached" if g["reached"] else "goal missed") if i == 0 or
-                g["reached"] != log.goals[0]["reached"] else None)
+                label=None if label in labelled else label)
+        labelled.add(label)
         ax.annotate(str(i + 1), (g["goal"][0], g["goal"][1]), textcoords="offset points", xytext=(7, 7),
                     fontsize=11, fontweight="bold", zorder=9,
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
@@ -694,7 +721,7 @@ def write_report(out: pathlib.Path, log: MissionLog, layout, summary: dict) -> p
         ax.set_ylabel("commands")
     else:
         ax.text(0.5, 0.5, "no plan received", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("image published -> command out [ms]")
+    ax.set_xlabel("image published -> command received [ms]")
     ax.set_title("closed-loop latency: image -> cmd_vel", fontsize=11)
     ctrl = summary.get("control", {})
     fig.suptitle(f"sakura_nexus demo — factory seed {summary.get('seed', '?')}, controller "
@@ -728,7 +755,11 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out).resolve()
     fleet = not args.no_fleet and _fleet_available()
     straight = args.controller == "go_to_goal" if args.straight is None else args.straight
-    goals, layout = pick_goals(args.seed, args.goals, straight=straight)
+    try:
+        goals, layout = pick_goals(args.seed, args.goals, straight=straight)
+    except RuntimeError as e:
+        print(f"sakura_nexus demo: {e}", file=sys.stderr)
+        return 2
     pipe = Pipeline(out, seed=args.seed, controller=args.controller, fleet=fleet)
     print(f"sakura_nexus demo: factory seed {args.seed}, {args.goals} goals, controller {args.controller}"
           f"{', with fleet sync' if fleet else ''}; ROS_DOMAIN_ID {pipe.env['ROS_DOMAIN_ID']}; "

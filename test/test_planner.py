@@ -294,3 +294,20 @@ def test_evaluate_small():
     assert res["all"]["n"] == 3 and len(res["episodes"]) == 3
     assert {"success_rate", "collisions", "time_mean_success"} <= set(res["all"])
     assert all(e["blocked"] for e in res["episodes"])
+
+
+def test_evaluate_cli_standin(tmp_path):
+    from sakura_nexus.control.evaluate import evaluate_main, parse_overrides
+
+    assert parse_overrides(["horizon=30", "w_memory=0.5", "members=none", "evaluate_plan=false"]) == {
+        "horizon": 30, "w_memory": 0.5, "members": None, "evaluate_plan": False}
+    with pytest.raises(SystemExit):
+        parse_overrides(["nope=1"])
+    out = tmp_path / "c.json"
+    assert evaluate_main(["--standin", "--episodes", "2", "--max-time", "20", "--controllers",
+                          "go_to_goal,mpc_map", "--out", str(out)]) == 0
+    import json
+
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"go_to_goal", "mpc_map"} and out.with_suffix(".png").exists()
+    assert doc["results"]["mpc_map"]["all"]["collisions"] == 0

@@ -30,7 +30,7 @@ from .safety import SafetyLimits
 CONTROLLERS = ("go_to_goal", "mpc", "mpc_map")
 
 
-def _real_setup(checkpoint: str | None):
+def _real_setup(checkpoint: str | None, map_clearance: float | None):
     import torch
 
     from sakura_nexus.models import inference_encoder, load_checkpoint
@@ -51,7 +51,8 @@ def _real_setup(checkpoint: str | None):
     def mpc_factory(cfg: MPPIConfig, use_map: bool):
         def make(cell):
             cmap = (cell.layout, cell.size[0]) if use_map else None
-            return LatentMPCController(enc, wm, cfg, cell_map=cmap)
+            kw = {} if map_clearance is None else {"map_clearance": map_clearance}
+            return LatentMPCController(enc, wm, cfg, cell_map=cmap, **kw)
         return make
 
     info = {"checkpoint": str(checkpoint or "models/"),
@@ -70,6 +71,87 @@ def _standin_setup():
         return make
 
     return (lambda s: KinematicCell(seed=s)), mpc_factory, {"checkpoint": "stand-in (perfect model)"}
+
+
+def _auroc(score: np.ndarray, label: np.ndarray) -> float:
+    pos, neg = score[label], score[~label]
+    if not len(pos) or not len(neg):
+        return math.nan
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1.0
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def model_diagnostics(checkpoint: str | None = None, n: int = 300, seed: int = 1000, horizon: int = 10,
+                      speed: float = 0.4) -> dict:
+    """What the planner needs from the collision head, measured on unseen layouts.
+
+    For ``n`` random free poses: render, encode with body speed v in {0, 0.25, 0.5} (same image, same
+    pose) and read ``collision(z)``; roll the model ``horizon`` steps at constant (speed, 0) from
+    v = speed and compare the max predicted risk with the truth "the robot disc hits something on
+    that straight path" (map geometry). Reports the velocity dependence of the risk at an
+    identical pose (a shortcut if large), risk at standstill with >= 0.5 m clearance (should be ~0),
+    and the AUROC / recall at 0.5 of the rollout risk for contact ahead (what the planner uses)."""
+    import torch
+
+    from sakura_nexus.models import inference_encoder, load_checkpoint
+    from sakura_nexus.sim import CellConfig, FactoryCell
+
+    from .episode import _to_tensor
+    from .standin import ROBOT_RADIUS, sdf_np
+
+    ck = load_checkpoint(checkpoint)
+    enc, wm = inference_encoder(ck.encoder), ck.world_model.eval()
+    rng = np.random.default_rng(seed)
+    rows = []
+    cell = None
+    with torch.inference_mode():
+        for k in range(n):
+            if k % 30 == 0:
+                cell = FactoryCell(CellConfig(seed=seed + k // 30))
+            x, y, yaw = cell.sample_free_pose(rng, 0.0)
+            cell.set_pose(x, y, yaw)
+            emb = enc(_to_tensor(cell.render(64, 64)))
+            c, s_ = math.cos(yaw), math.sin(yaw)
+            prop = torch.tensor([[x, y, c, s_, 0.0, 0.0]]).repeat(3, 1)
+            prop[:, 4] = torch.tensor([0.0, 0.25, 0.5])
+            risk_v = wm.collision(wm.encode(emb.expand(3, -1), prop)).numpy()
+            z = wm.encode(emb, torch.tensor([[x, y, c, s_, speed, 0.0]]))
+            zs, _ = wm.rollout(z, torch.tensor([[speed, 0.0]]).expand(1, horizon, 2).contiguous())
+            r_roll = float(wm.collision(zs).max())
+            t = np.linspace(0.0, speed * horizon * wm.config.model_dt, 20)
+            hit = bool((sdf_np(x + t * c, y + t * s_, cell.layout, cell.size[0]) < ROBOT_RADIUS).any())
+            clear = float(sdf_np(x, y, cell.layout, cell.size[0])) - ROBOT_RADIUS
+            rows.append((clear, hit, *risk_v, r_roll))
+    a = np.array(rows, dtype=float)
+    clear, hit, r0, r25, r50, rr = a[:, 0], a[:, 1] > 0.5, a[:, 2], a[:, 3], a[:, 4], a[:, 5]
+    return {
+        "n": n, "layouts": f"{seed}..{seed + (n - 1) // 30}", "contact_ahead_rate": float(hit.mean()),
+        "risk_at_identical_pose_by_speed": {"v=0": float(r0.mean()), "v=0.25": float(r25.mean()),
+                                            "v=0.5": float(r50.mean())},
+        "risk_standstill_clearance_ge_0.5m": float(r0[clear >= 0.5].mean()) if (clear >= 0.5).any() else None,
+        "rollout_risk_auroc_contact_ahead": _auroc(rr, hit),
+        "rollout_risk_recall_at_0.5": float((rr[hit] >= 0.5).mean()) if hit.any() else None,
+        "rollout_risk_false_alarm_at_0.5": float((rr[~hit] >= 0.5).mean()) if (~hit).any() else None,
+        "encoded_risk_v0_auroc_contact_ahead": _auroc(r0, hit),
+    }
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["horizon=30", "w_memory=0.5", "members=none"]`` -> typed MPPIConfig overrides."""
+    defaults = MPPIConfig(members=1)
+    out = {}
+    for item in items:
+        key, _, val = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"unknown MPPIConfig field {key!r}")
+        kind = type(getattr(defaults, key))
+        if val.lower() == "none":
+            out[key] = None
+        elif kind is bool:
+            out[key] = val.lower() in ("1", "true", "yes")
+        else:
+            out[key] = int(val) if kind is int else float(val)
+    return out
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -104,17 +186,19 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="checkpoint dir (default: the shipped models/)")
     p.add_argument("--standin", action="store_true", help="kinematic cell + perfect stand-in model")
     p.add_argument("--max-time", type=float, default=60.0)
-    p.add_argument("--samples", type=int, default=None)
-    p.add_argument("--horizon", type=int, default=None)
-    p.add_argument("--members", type=int, default=None)
-    p.add_argument("--w-memory", type=float, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="MPPIConfig override, repeatable (e.g. --set horizon=30 --set w_memory=0.5)")
+    p.add_argument("--map-clearance", type=float, default=None, help="cost-to-go inflation radius [m]")
     p.add_argument("--out", default=os.environ.get("SAKURA_EVAL_OUT", "out/eval/control.json"))
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--diagnose", action="store_true", help="only the collision-head diagnostics (JSON)")
     a = p.parse_args(argv)
-    cell_factory, mpc_factory, info = _standin_setup() if a.standin else _real_setup(a.checkpoint)
-    over = {k: v for k, v in (("samples", a.samples), ("horizon", a.horizon), ("members", a.members),
-                              ("w_memory", a.w_memory)) if v is not None}
-    cfg = dataclasses.replace(MPPIConfig(), **over)
+    if a.diagnose:
+        print(json.dumps(model_diagnostics(a.checkpoint), indent=1))
+        return 0
+    cell_factory, mpc_factory, info = (_standin_setup() if a.standin
+                                         else _real_setup(a.checkpoint, a.map_clearance))
+    cfg = dataclasses.replace(MPPIConfig(members=1), **parse_overrides(a.set))
     limits = SafetyLimits(control_period=0.1)
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

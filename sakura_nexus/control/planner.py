@@ -15,6 +15,7 @@ MPPI over CEM.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections import deque
@@ -55,7 +56,8 @@ class MPPIConfig:
     memory_radius: float = 0.35      # m, width of the visited-position bumps
     memory_len: int = 300            # visited positions remembered (one per plan call)
     memory_delay: int = 20           # the newest this many positions do not count (2 s at 10 Hz)
-    members: int | None = None       # ensemble members for the sample rollouts (None: model default)
+    members: int | None = 1          # ensemble members for the sample rollouts (None: all; ignored by
+                                     # dynamics whose rollout has no ``members`` argument)
     evaluate_plan: bool = True       # roll the final plan through the full ensemble (poses, risk0, sigma0)
     seed: int = 0
 
@@ -77,6 +79,14 @@ class PlanResult:
     predicted_poses: np.ndarray                 # (H, 3) weighted-mean predicted poses of the samples
     cost: float                                 # cost of the best sample of the last iteration
     info: dict = field(default_factory=dict)    # risk0, sigma0, risk_max, ess, plan_ms, terms...
+
+
+def _takes_members(dynamics) -> bool:
+    try:
+        params = inspect.signature(dynamics.rollout).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "members" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def _wrap(a: torch.Tensor) -> torch.Tensor:
@@ -122,7 +132,8 @@ class MPPIPlanner:
                                    c.max_dw if c.max_dw is not None else 1e9], dtype=self.dtype)
         self._range = torch.tensor([max(c.v_max - c.v_min, 1e-6), 2 * c.w_max], dtype=self.dtype)
         self._gen = torch.Generator().manual_seed(int(c.seed))
-        self._kw = {} if c.members is None else {"members": int(c.members)}
+        use = c.members is not None and _takes_members(self.dynamics)
+        self._kw = {"members": int(c.members)} if use else {}
 
     def set_cost_to_go(self, field) -> None:
         """Use a map-based cost-to-go (``costmap.CostToGo`` or anything with ``sample(xy) -> (dist,

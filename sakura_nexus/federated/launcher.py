@@ -2,7 +2,7 @@
 
 Aggregator host (no ROS, ``pip install .[fleet]``)::
 
-    sakura-nexus aggregator --store-dir /var/lib/sakura/agg --init-world-model shipped --port 9191
+    sakura-nexus aggregator --store-dir /var/lib/sakura/agg --init-world-model shipped --port 9092
 
 starts ``flower-superlink`` (one HTTP port serves Fleet, Control and Runtime APIs in Flower 1.42),
 waits for ``/health``, writes a private Flower config (``$FLWR_HOME/config.toml``) with a connection
@@ -10,7 +10,7 @@ to it, materialises the app directory from ``flwr_app.toml`` and submits it with
 SuperLink's SuperExec then starts ``flwr-serverapp``, which imports
 ``sakura_nexus.federated.flower_app:server_app``. Robot side::
 
-    sakura-nexus supernode --superlink agg-host:9191 --robot-id r1 --spool-dir /var/lib/sakura/spool
+    sakura-nexus supernode --superlink agg-host:9092 --robot-id r1 --spool-dir /var/lib/sakura/spool
 
 Air-gapped by default: ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1``,
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation``
@@ -42,7 +42,7 @@ AIRGAP_ENV = {
 }
 CONNECTION = "sakura"
 APP_DIR_NAME = "sakura-fedsync"
-DEFAULT_PORT = 9191
+DEFAULT_PORT = 9092
 
 _ENTRY_POINTS = {
     "flower-superlink": "flwr.superlink.cli:flower_superlink",

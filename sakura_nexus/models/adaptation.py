@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .data import MODEL_DT, ExplorationPolicy, Trajectories, collect, proprio_of
 from .evaluation import embed_frames
 from .losses import prediction_error
@@ -40,13 +40,16 @@ def _one_step_error(model: WorldModel, emb: torch.Tensor, data: Trajectories) ->
             "velocity_mse": float((pred[:, 4:6] - target[:, 4:6]).square().mean())}
 
 
-def run_adaptation(models_dir: str | None = None, out_dir: str = "out/adaptation", friction: float = 0.2,
-                   minutes: float = 5.0, steps_per_s: float = 5.0, lr: float = 3e-4, layout_seed: int = 200,
-                   eval_every_s: float = 30.0, seed: int = 0, progress: bool = True) -> dict:
+def run_adaptation(checkpoint: Checkpoint | str | None = None, out_dir: str = "out/adaptation",
+                   friction: float = 0.2, minutes: float = 5.0, steps_per_s: float = 5.0, lr: float = 3e-4,
+                   layout_seed: int = 200, eval_every_s: float = 30.0, seed: int = 0,
+                   progress: bool = True) -> dict:
     from sakura_nexus.sim import CellConfig, FactoryCell
 
+    """Run the experiment for ``checkpoint`` (a loaded Checkpoint, a checkpoint directory, or None
+    for the shipped models/); returns the summary (also written with the full log)."""
     torch.manual_seed(seed)
-    ckpt = load_checkpoint(models_dir)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     enc = ckpt.encoder.eval()
     frozen = copy.deepcopy(ckpt.world_model).eval()
     learner = OnlineLearner(copy.deepcopy(ckpt.world_model), lr=lr, buffer_size=5000, batch_size=32,
@@ -113,6 +116,7 @@ def run_adaptation(models_dir: str | None = None, out_dir: str = "out/adaptation
             evals.append(evaluate_now(round(t, 1)))
     cell.close()
     result = summarise(log, evals, friction, minutes, steps_per_s, lr, layout_seed, learner)
+    result["figure"] = str(pathlib.Path(out_dir) / "adaptation.png")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "adaptation.json").write_text(json.dumps({**result, "log": log}, indent=1) + "\n")

@@ -153,9 +153,9 @@ def evaluate(encoder: ConvEncoder, model: WorldModel, data: Trajectories, horizo
 @torch.no_grad()
 def uncertainty_on_off_distribution(encoder: ConvEncoder, model: WorldModel, data: Trajectories,
                                     max_frames: int = 2000) -> dict[str, float]:
-    """Mean ensemble disagreement of one step on held-out data vs three off-distribution inputs:
-    colour-inverted camera images, velocities 2x beyond the robot limits, and actions 3x beyond
-    the limits. Epistemic uncertainty must grow on all three."""
+    """Mean ensemble disagreement of one step on held-out data vs off-distribution inputs:
+    colour-inverted and uniform-noise camera images, velocities 2x beyond the robot limits, and
+    actions 3x beyond the limits."""
     model.eval()
     n = min(max_frames, data.n_transitions)
     imgs = data.images[:, :-1].reshape(-1, *data.images.shape[-3:])[:n]
@@ -163,11 +163,14 @@ def uncertainty_on_off_distribution(encoder: ConvEncoder, model: WorldModel, dat
     acts = torch.from_numpy(data.actions.reshape(-1, 2)[:n])
     z = model.encode(embed_frames(encoder, imgs), prop)
     z_inv = model.encode(embed_frames(encoder, 255 - imgs), prop)
+    noise = np.random.default_rng(0).integers(0, 256, imgs.shape, dtype=np.uint8)
+    z_noise = model.encode(embed_frames(encoder, noise), prop)
     fast = prop.clone()
     fast[:, 4] = fast[:, 4].sign() * 1.2 + fast[:, 4]
     fast[:, 5] = fast[:, 5].sign() * 3.0 + fast[:, 5]
     z_fast = model.encode(embed_frames(encoder, imgs), fast)
     return {"in_distribution": float(model.step(z, acts)[1].mean()),
             "inverted_images": float(model.step(z_inv, acts)[1].mean()),
+            "noise_images": float(model.step(z_noise, acts)[1].mean()),
             "velocity_beyond_limits": float(model.step(z_fast, acts)[1].mean()),
             "actions_beyond_limits": float(model.step(z, acts * 3.0)[1].mean())}

@@ -85,7 +85,10 @@ class OnlineLearner:
         self.batch_size, self.grad_clip = int(batch_size), float(grad_clip)
         self.w_collision = float(w_collision)
         self.trainable = trainable
-        self.min_samples = int(min_samples if min_samples is not None else batch_size)
+        # default: wait for ~20 s of driving (200 transitions) so the first steps do not overfit a
+        # handful of transitions (bounded by the buffer capacity)
+        self.min_samples = int(min_samples if min_samples is not None
+                               else min(buffer_size, max(batch_size, 200)))
         self.buffer = ReplayBuffer(buffer_size, model.config.embed_dim)
         self.rng = np.random.default_rng(seed)
         self.lock = threading.RLock()  # guards weights, base, counters, buffer
@@ -275,6 +278,22 @@ class OnlineLearner:
                     "skipped_nonfinite": self.skipped_nonfinite, "skipped_grad": self.skipped_grad,
                     "last_grad_norm": self.last_grad_norm, "version": self.model.version,
                     "base_version": self.base_version, "samples_since_base": self.samples_since_base}
+
+
+def deprioritise_current_thread(nice: int = 19, switch_interval_s: float | None = 0.0005) -> bool:
+    """Call at the start of a background learning thread: give it a low CPU priority (Linux
+    per-thread nice) so the scheduler prefers the inference thread on a shared core, and shorten
+    the interpreter's GIL switch interval (process-wide) so inference waits less for the GIL.
+    Returns False where per-thread priorities are not supported."""
+    import sys
+
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import ENCODER_FILE, MANIFEST_FILE, WORLD_MODEL_FILE
+from .checkpoint import ENCODER_FILE, MANIFEST_FILE, WORLD_MODEL_FILE, Checkpoint
 from .data import Trajectories, collect
 from .encoder import ENCODER_ID, ConvEncoder, encoder_to_bytes, images_to_tensor
 from .evaluation import embed_frames, evaluate, uncertainty_on_off_distribution
@@ -73,6 +73,8 @@ class TrainConfig:
     var_target: float = 0.5  # VICReg std hinge of the learned block
     cache_dir: str = ""  # reuse collected data sets across runs (keyed by the data settings)
     eval_horizon: int = 10
+    adaptation_minutes: float = 5.0  # online-adaptation experiment after training (0 = skip)
+    adaptation_friction: float = 0.2
     world_model: dict = field(default_factory=dict)  # WorldModelConfig overrides
     out_dir: str = "out/train"
     models_dir: str = ""  # "" = the repository's models/
@@ -83,7 +85,8 @@ class TrainConfig:
         """A tiny configuration for tests and CI smoke runs (~30 s)."""
         base = dict(train_layouts=(0, 1), test_layouts=(100,), episodes_per_layout=2,
                     test_episodes_per_layout=1, steps_per_episode=30, workers=1, joint_iters=15,
-                    joint_batch=8, joint_seq=4, wm_iters=40, wm_batch=16, wm_seq=8, eval_horizon=5)
+                    joint_batch=8, joint_seq=4, wm_iters=40, wm_batch=16, wm_seq=8, eval_horizon=5,
+                    adaptation_minutes=0.0)
         return TrainConfig(**{**base, **overrides})
 
 
@@ -335,6 +338,14 @@ def train(config: TrainConfig | None = None) -> dict:
             on_train = evaluate(enc, wm, train_data, cfg.eval_horizon)
             metrics["train_set_one_step_fvu"] = on_train["one_step_fvu"]
             metrics["uncertainty_off_distribution"] = uncertainty_on_off_distribution(enc, wm, test_data)
+        if cfg.adaptation_minutes > 0:
+            from .adaptation import run_adaptation
+
+            with timer("adaptation"):
+                out = str(pathlib.Path(cfg.out_dir) / "adaptation")
+                result = run_adaptation(Checkpoint(enc, wm, {}), out, cfg.adaptation_friction,
+                                        cfg.adaptation_minutes, seed=cfg.seed, progress=cfg.progress)
+            metrics["online_adaptation"] = {k: v for k, v in result.items() if k not in ("evals", "learner")}
     finally:
         torch.set_num_threads(old_threads)
     metrics["timing_s"] = {**timer.timings, "total": timer.total()}
@@ -400,6 +411,8 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="", help="checkpoint directory (default: the repository's models/)")
     p.add_argument("--joint-iters", type=int, default=None)
     p.add_argument("--wm-iters", type=int, default=None)
+    p.add_argument("--adaptation-minutes", type=float, default=None,
+                   help="sim minutes of the online-adaptation run after training (0 = skip; default 5)")
     p.add_argument("--data-cache", default="", help="directory to cache/reuse the collected data sets")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -411,6 +424,8 @@ def train_main(argv: list[str] | None = None) -> int:
         over["joint_iters"] = a.joint_iters
     if a.wm_iters is not None:
         over["wm_iters"] = a.wm_iters
+    if a.adaptation_minutes is not None:
+        over["adaptation_minutes"] = a.adaptation_minutes
     cfg = TrainConfig.quick(**over) if a.quick else replace(TrainConfig(), **over)
     if a.quick and not a.models:
         cfg = replace(cfg, models_dir=os.path.join(a.out, "models"))

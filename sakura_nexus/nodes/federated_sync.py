@@ -49,6 +49,8 @@ class FederatedSyncNode(NexusNode):
         self._n_params: int | None = None
         self._published_version = -1
         self._last_error = ""
+        self._error_kind = ""  # what clears it: "delta" (next spooled delta), "link" (next exchange),
+        self._error_time = 0.0  # "model" (next published model); "" = stays
         self._base_stats: dict = {}
         self._pubs: dict = {}
         self._timer = None
@@ -67,9 +69,14 @@ class FederatedSyncNode(NexusNode):
             self.destroy_timer(self._timer)
             self._timer = self.create_timer(changed["poll_period"], self._poll)
 
-    def _error(self, msg: str) -> None:
-        self._last_error = msg
-        self.get_logger().error(msg, throttle_duration_sec=5.0)
+    def _error(self, msg: str, kind: str = "", log: bool = True) -> None:
+        self._last_error, self._error_kind, self._error_time = msg, kind, time.time()
+        if log:
+            self.get_logger().error(msg, throttle_duration_sec=5.0)
+
+    def _clear_error(self, kind: str) -> None:
+        if self._last_error and self._error_kind == kind:
+            self._last_error, self._error_kind = "", ""
 
     # --- lifecycle --------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -133,7 +140,7 @@ class FederatedSyncNode(NexusNode):
                 if self.supernode.stale_killed:
                     self.diag.count("supernode_stale_killed", self.supernode.stale_killed)
             except OSError as e:
-                self._error(f"cannot start the SuperNode: {e}")
+                self._error(f"cannot start the SuperNode: {e}", "link")
         self._poll()
         return ret
 
@@ -178,7 +185,7 @@ class FederatedSyncNode(NexusNode):
                                      sample_count=msg.sample_count, local_loss=msg.local_loss)
         except OSError as e:  # disk trouble writing the robot state: keep the node up, report it
             self.diag.count("uplink_errors")
-            self._error(f"uplink state write failed: {e}")
+            self._error(f"uplink state write failed: {e}", "delta")
             return
         if res.status == "duplicate":
             self.diag.count("duplicates")
@@ -191,9 +198,10 @@ class FederatedSyncNode(NexusNode):
         if res.status != "spooled":
             reason = res.reason.split(":", 1)[0]
             self.drop(reason, res.reason)
-            self._last_error = f"delta {msg.sequence} dropped: {res.reason}"
+            self._error(f"delta {msg.sequence} dropped: {res.reason}", "delta", log=False)
             return
         self.diag.count("deltas_spooled")
+        self._clear_error("delta")
         self.diag.count("bytes_in", res.bytes_in)
         self.diag.count("bytes_spooled", res.bytes_out)
         if res.clipped:
@@ -213,12 +221,12 @@ class FederatedSyncNode(NexusNode):
             st = self.supernode.poll()
             if st == "restarted":
                 self.diag.count("supernode_restarts")
-                self._last_error = f"SuperNode exited (code {self.supernode.last_exit}); restarted"
+                self._error(f"SuperNode exited (code {self.supernode.last_exit}); restarted", "link", log=False)
                 self.get_logger().warning(self._last_error)
         try:
             self._publish_global()
         except OSError as e:
-            self._error(f"inbox read failed: {e}")
+            self._error(f"inbox read failed: {e}", "model")
         self._publish_status()
 
     def _publish_global(self) -> None:
@@ -238,13 +246,14 @@ class FederatedSyncNode(NexusNode):
             out = vector_to_payload(self._template, vec, version)
         except (CodecError, ValueError) as e:
             self.diag.count("model_update_errors")
-            self._error(f"global model v{version} not usable: {e}")
+            self._error(f"global model v{version} not usable: {e}", "model")
             return
         msg = ModelUpdate(model_id=MODEL_ID, version=int(version), codec="state-dict-v1", payload=out,
                           sha256=sha256_hex(out))
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pubs["update"].publish(msg)
         self.diag.count("model_updates_published")
+        self._clear_error("model")
         self.diag.set("global_version", int(version))
         self.get_logger().info(f"published global world model v{version} ({len(out)} B)")
 
@@ -265,6 +274,8 @@ class FederatedSyncNode(NexusNode):
     def _publish_status(self) -> None:
         st = self.spool.stats()
         last = self.spool.last_sync()
+        if last and float(last["time"]) > self._error_time:
+            self._clear_error("link")
         base = self._base_stats
         msg = SyncStatus()
         msg.header.stamp = self.get_clock().now().to_msg()

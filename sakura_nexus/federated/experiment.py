@@ -1,0 +1,581 @@
+"""Fleet experiment (ROS-free): 4 simulated sites, federated vs local-only vs centralized learning.
+
+``python -m sakura_nexus fleet-experiment [--quick] [--out out/fleet]``
+
+Four MuJoCo factory cells that differ in floor friction (0.3 / 0.6 / 0.9 / 1.2), lighting, textures
+and obstacle layout (each a different :class:`~sakura_nexus.sim.CellConfig`; none of the layouts
+was in the shipped model's training set) each collect their own trajectories with the exploration
+policy of :mod:`sakura_nexus.models.data`. Frames are embedded once with the shipped encoder. Every
+method starts from the shipped world model and learns its online-trainable part exactly as a robot
+does (:class:`~sakura_nexus.models.online.OnlineLearner`, ``trainable="dynamics"``, its guarded
+Adam steps on replay minibatches), with the same data, seeds, minibatch size and number of
+gradient steps:
+
+``local``       each site trains alone; reported: the mean over sites of each site model's error
+                on the all-site held-out set.
+``fedbuff``     every round each site takes ``local_steps`` steps from the global model, its
+                delta goes through the robot uplink path (L2 clip ``uplink_clip`` = the
+                ``clip_norm`` parameter default, :class:`ErrorFeedback` with ``topk0.01+q8``) and
+                :meth:`FedBuffAggregator.submit_payload` (the code the Flower ServerApp runs,
+                ``buffer_size`` = 4 sites); every site then adopts the new global model
+                (``OnlineLearner.apply_global``, like a ModelUpdate).
+``fedavg``      dense float32 FedAvg as Flower's strategy does it: every site sends its whole model
+                (``ndarrays_to_parameters``), the server takes the sample-weighted mean of the
+                client models.
+``central``     one learner on the pooled training data of all sites; ``4 * local_steps`` steps
+                per round = the same number of gradient steps (and samples) as the fleet.
+``fedbuff_dp``  ``fedbuff`` + server-side central DP in the aggregator (clip each site's
+                contribution to ``dp_clip``, Gaussian noise ``dp_noise * dp_clip``), epsilon at
+                delta = 1e-5 from the RDP accountant (no subsampling amplification claimed).
+
+The metric is the ``OnlineLearner`` loss (normalised one-step latent prediction error of the
+ensemble + collision BCE) on held-out episodes of all four sites, evaluated on the whole held-out
+set after every round. Outputs: ``fleet.json`` (all figures, curves, config) and ``fleet.png``
+(loss curves per method, upstream bytes per update per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = ["METHODS", "ExperimentConfig", "SiteSpec", "default_sites", "experiment_main", "run_experiment"]
+
+METHODS = ("local", "fedbuff", "fedavg", "central", "fedbuff_dp", "fedbuff_dp_trainable")
+PRIMARY = "dynamics"  # the headline metric: normalised one-step latent prediction error
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    layout_seed: int  # obstacle layout
+    floor_friction: float
+    light: float  # light intensity scale
+    texture_seed: int  # colours / textures
+
+
+def default_sites() -> list[SiteSpec]:
+    # layout seeds 300+ are disjoint from the shipped model's train (0-9) and test (100-102) layouts
+    return [SiteSpec("site-a", 300, 0.3, 0.65, 1300),
+            SiteSpec("site-b", 301, 0.6, 0.9, 1301),
+            SiteSpec("site-c", 302, 0.9, 1.1, 1302),
+            SiteSpec("site-d", 303, 1.2, 1.35, 1303)]
+
+
+@dataclass
+class ExperimentConfig:
+    rounds: int = 30
+    local_steps: int = 20  # gradient steps per site per round
+    batch_size: int = 32
+    lr: float = 3e-4  # the on-robot default (params: learning_rate)
+    grad_clip: float = 10.0  # OnlineLearner guard (steps above it are skipped)
+    trainable: str = "dynamics"  # the on-robot default
+    train_episodes: int = 10  # per site
+    test_episodes: int = 3  # per site (held out)
+    steps_per_episode: int = 100
+    image_size: int = 64
+    codec: str = "topk0.01+q8"
+    uplink_clip: float = 10.0  # robot-side L2 clip of each delta (federated_sync clip_norm default)
+    dp_clip: float = 0.5
+    dp_noise: float = 1.0
+    dp_delta: float = 1e-5
+    seed: int = 0
+    data_seed: int = 7
+    sites: list[SiteSpec] = field(default_factory=default_sites)
+
+    @classmethod
+    def quick(cls) -> ExperimentConfig:
+        return cls(rounds=12, local_steps=15, train_episodes=3, test_episodes=1, steps_per_episode=80)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def collect_site(site: SiteSpec, episodes: list[int], steps: int, data_seed: int, image_size: int = 64):
+    """Episodes of one site (its own CellConfig) with the exploration policy of ``models.data``."""
+    from sakura_nexus.models.data import MODEL_DT, ExplorationPolicy, Trajectories, proprio_of
+    from sakura_nexus.sim import CellConfig, FactoryCell
+
+    cfg = CellConfig(seed=site.layout_seed, floor_friction=site.floor_friction, light=site.light,
+                     texture_seed=site.texture_seed)
+    cell = FactoryCell(cfg, camera_width=image_size, camera_height=image_size)
+    n, t1 = len(episodes), steps + 1
+    out = Trajectories(np.zeros((n, t1, image_size, image_size, 3), np.uint8), np.zeros((n, t1, 6), np.float32),
+                       np.zeros((n, steps, 2), np.float32), np.zeros((n, steps), bool),
+                       np.full(n, site.layout_seed, np.int64), np.full(n, cell.floor_friction, np.float32))
+    try:
+        for i, ep in enumerate(episodes):
+            rng = np.random.default_rng([int(data_seed), int(site.layout_seed), int(ep)])
+            cell.reset()
+            cell.set_pose(*cell.sample_free_pose(rng, clearance=0.3))
+            policy = ExplorationPolicy(rng, cell.cfg.robot.max_v, cell.cfg.robot.max_w)
+            out.images[i, 0] = cell.render()
+            out.proprio[i, 0] = proprio_of(cell.pose, cell.velocity)
+            collided = False
+            for t in range(steps):
+                a = policy(cell.pose, cell.layout, cell.size[0], collided)
+                res = cell.step(float(a[0]), float(a[1]), MODEL_DT)
+                collided = res.collided
+                out.actions[i, t], out.collided[i, t] = a, collided
+                out.images[i, t + 1] = cell.render()
+                out.proprio[i, t + 1] = proprio_of(res.pose, res.vel)
+    finally:
+        cell.close()
+    return out
+
+
+def _transitions(emb: np.ndarray, traj) -> dict[str, np.ndarray]:
+    """(N, T+1, E) embeddings + trajectories -> flat transition arrays."""
+    e = emb.shape[-1]
+    return {"embedding": emb[:, :-1].reshape(-1, e), "proprio": traj.proprio[:, :-1].reshape(-1, 6),
+            "action": traj.actions.reshape(-1, 2), "next_embedding": emb[:, 1:].reshape(-1, e),
+            "next_proprio": traj.proprio[:, 1:].reshape(-1, 6),
+            "collided": traj.collided.reshape(-1).astype(np.float32)}
+
+
+def build_data(cfg: ExperimentConfig, encoder, encoder_sha: str, cache_dir: str | None, bar=None) -> dict:
+    """{"train": [per-site transition dicts], "test": [...]}; cached as npz keyed by the settings."""
+    import torch
+
+    from sakura_nexus.models.evaluation import embed_frames
+
+    key = hashlib.sha256(json.dumps({
+        "sites": [asdict(s) for s in cfg.sites], "train": cfg.train_episodes, "test": cfg.test_episodes,
+        "steps": cfg.steps_per_episode, "image": cfg.image_size, "data_seed": cfg.data_seed,
+        "encoder": encoder_sha, "v": 1}, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"data_cache_{key}.npz") if cache_dir else None
+    names = ("embedding", "proprio", "action", "next_embedding", "next_proprio", "collided")
+    if path and os.path.isfile(path):
+        z = np.load(path)
+        data = {split: [{k: z[f"{split}{i}_{k}"] for k in names} for i in range(len(cfg.sites))]
+                for split in ("train", "test")}
+        if bar is not None:
+            bar.update(len(cfg.sites))
+        return data | {"cached": True}
+    data = {"train": [], "test": []}
+    n_tr, n_te = cfg.train_episodes, cfg.test_episodes
+    for site in cfg.sites:
+        traj = collect_site(site, list(range(n_tr + n_te)), cfg.steps_per_episode, cfg.data_seed, cfg.image_size)
+        with torch.no_grad():
+            emb = embed_frames(encoder, traj.images).numpy().astype(np.float32)
+        tr = _transitions(emb, traj)
+        per_ep = cfg.steps_per_episode
+        cut = n_tr * per_ep  # episodes 0..n_tr-1 train, the rest held out
+        data["train"].append({k: v[:cut].copy() for k, v in tr.items()})
+        data["test"].append({k: v[cut:].copy() for k, v in tr.items()})
+        if bar is not None:
+            bar.update(1)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        arrays = {f"{split}{i}_{k}": d[k] for split in ("train", "test") for i, d in enumerate(data[split])
+                  for k in names}
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return data | {"cached": False}
+
+
+# --------------------------------------------------------------------------- learners and metric
+
+
+def _make_learner(base_model, cfg: ExperimentConfig, transitions: list[dict], seed: int):
+    from sakura_nexus.models.online import OnlineLearner, Transition
+
+    n = sum(len(t["action"]) for t in transitions)
+    learner = OnlineLearner(copy.deepcopy(base_model), lr=cfg.lr, buffer_size=n, batch_size=cfg.batch_size,
+                            grad_clip=cfg.grad_clip, trainable=cfg.trainable, min_samples=cfg.batch_size,
+                            seed=seed)
+    for t in transitions:
+        for j in range(len(t["action"])):
+            learner.add(Transition(t["embedding"][j], t["proprio"][j], t["action"][j], t["next_embedding"][j],
+                                   t["next_proprio"][j], bool(t["collided"][j])))
+    return learner
+
+
+def _as_batch(transitions: list[dict]) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(np.concatenate([t[k] for t in transitions]).astype(np.float32))
+            for k in transitions[0]}
+
+
+def heldout_loss(model, batch: dict, w_collision: float = 1.0) -> dict[str, float]:
+    """The OnlineLearner loss (same formula as ``OnlineLearner.loss``) on a whole held-out set."""
+    import torch
+
+    from sakura_nexus.models.losses import collision_bce, prediction_error
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        target = model.encode(batch["next_embedding"], batch["next_proprio"])
+        z = model.encode(batch["embedding"], batch["proprio"])
+        pred = model.predict_members(z, batch["action"])
+        dyn = float(prediction_error(pred, target, model.error_scale).mean())
+        col = float(collision_bce(model.collision_logits(pred), batch["collided"])
+                    + collision_bce(model.collision_logits(target), batch["collided"]))
+    model.train(was)
+    return {"loss": dyn + w_collision * col, "dynamics": dyn, "collision": col}
+
+
+def _flower_dense_bytes(model) -> int:
+    """Upstream bytes of one FedAvg update as Flower ships it: ndarrays_to_parameters of the model."""
+    arrays = [p.detach().numpy() for _, p in model.named_parameters()]
+    try:
+        from flwr.common import ndarrays_to_parameters
+
+        return int(sum(len(t) for t in ndarrays_to_parameters(arrays).tensors))
+    except Exception:  # noqa: BLE001 - flwr missing: raw float32 size
+        return int(sum(a.size * 4 for a in arrays))
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class _Runner:
+    def __init__(self, cfg: ExperimentConfig, base_model, data: dict, bar=None):
+        self.cfg, self.base, self.data, self.bar = cfg, base_model, data, bar
+        self.test_all = _as_batch(data["test"])
+        self.test_sites = [_as_batch([t]) for t in data["test"]]
+        self.initial = heldout_loss(base_model, self.test_all)
+        self.n_sites = len(cfg.sites)
+
+    def _tick(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _steps(self, learner, n: int) -> None:
+        for _ in range(n):
+            learner.train_step()
+
+    def _skips(self, learners) -> dict:
+        return {"steps": int(sum(L.steps for L in learners)),
+                "skipped_grad": int(sum(L.skipped_grad for L in learners)),
+                "skipped_nonfinite": int(sum(L.skipped_nonfinite for L in learners))}
+
+    def _per_site(self, model) -> list[dict]:
+        return [heldout_loss(model, b) for b in self.test_sites]
+
+    def _eval(self, models: list) -> dict:
+        """Mean over ``models`` of the all-site held-out metrics."""
+        ev = [heldout_loss(m, self.test_all) for m in models]
+        return {k: float(np.mean([e[k] for e in ev])) for k in ev[0]}
+
+    def _result(self, curve: list[dict], models: list, **extra) -> dict:
+        per_site = [self._per_site(m) for m in models]
+        return {"curve": {k: [c[k] for c in curve] for k in curve[0]}, "final": curve[-1],
+                "per_site_heldout": {k: np.mean([[e[k] for e in ps] for ps in per_site], 0).tolist()
+                                     for k in curve[0]}, **extra}
+
+    def local(self) -> dict:
+        cfg = self.cfg
+        learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
+        curve = [dict(self.initial)]
+        for _ in range(cfg.rounds):
+            for L in learners:
+                self._steps(L, cfg.local_steps)
+            curve.append(self._eval([L.model for L in learners]))
+            self._tick()
+        return self._result(curve, [L.model for L in learners],
+                            per_site_model=[heldout_loss(L.model, self.test_all) for L in learners],
+                            bytes_per_update=0, **self._skips(learners))
+
+    def central(self) -> dict:
+        cfg = self.cfg
+        L = _make_learner(self.base, cfg, self.data["train"], cfg.seed)
+        curve = [dict(self.initial)]
+        for _ in range(cfg.rounds):
+            self._steps(L, self.n_sites * cfg.local_steps)
+            curve.append(self._eval([L.model]))
+            self._tick()
+        return self._result(curve, [L.model], bytes_per_update=None, **self._skips([L]))
+
+    def fedavg(self) -> dict:
+        from .weights import vector_to_payload, world_model_vector
+
+        cfg = self.cfg
+        learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
+        template = copy.deepcopy(self.base)
+        version = int(self.base.version)
+        curve, sent = [dict(self.initial)], []
+        for _ in range(cfg.rounds):
+            vecs, weights = [], []
+            for L in learners:
+                self._steps(L, cfg.local_steps)
+                vecs.append(world_model_vector(L.model).astype(np.float64))
+                weights.append(float(L.delta_stats()["sample_count"]))
+                sent.append(_flower_dense_bytes(L.model))
+            w = np.asarray(weights) / float(np.sum(weights))
+            glob = np.sum([wi * v for wi, v in zip(w, vecs)], axis=0).astype(np.float32)  # FedAvg
+            version += 1
+            payload = vector_to_payload(template, glob, version)
+            for L in learners:
+                L.apply_global(payload, version)
+            curve.append(self._eval([learners[0].model]))
+            self._tick()
+        return self._result(curve, [learners[0].model], bytes_per_update=float(np.mean(sent)), updates=len(sent),
+                            bytes_upstream_total=int(np.sum(sent)), **self._skips(learners))
+
+    def fedbuff(self, dp: bool = False, trainable_only: bool = False) -> dict:
+        """Our pipeline: uplink clip + ErrorFeedback(codec) -> FedBuffAggregator.submit_payload.
+
+        ``trainable_only``: exchange only the coordinates the robots train (what the shipped system
+        does *not* do: it exchanges every parameter, so server-side DP noise also lands on the
+        frozen ``encode`` weights)."""
+        from .aggregator import FedBuffAggregator, FedBuffConfig
+        from .codecs import ErrorFeedback
+        from .privacy import LocalPrivatizer, l2norm
+        from .weights import vector_to_payload, world_model_vector
+
+        cfg = self.cfg
+        learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
+        full0 = world_model_vector(self.base)
+        if trainable_only:
+            mask = np.concatenate([np.full(p.numel(), cfg.trainable == "all" or n.startswith(
+                ("dynamics.", "collision_head.")), bool) for n, p in self.base.named_parameters()])
+        else:
+            mask = np.ones(full0.size, bool)
+        extra = dict(clip_norm=cfg.dp_clip, dp_noise_multiplier=cfg.dp_noise, dp_target_delta=cfg.dp_delta,
+                     seed=cfg.seed) if dp else {}
+        agg = FedBuffAggregator(full0[mask], FedBuffConfig(buffer_size=self.n_sites, **extra),
+                                initial_version=int(self.base.version))
+        uplink_clip = [LocalPrivatizer(clip_norm=cfg.uplink_clip) for _ in learners]
+        efs = [ErrorFeedback(cfg.codec, agg.size) for _ in learners]
+        template = copy.deepcopy(self.base)
+        curve, sent, norms, eps_curve, seq = [dict(self.initial)], [], [], [0.0], 0
+        for _ in range(cfg.rounds):
+            seq += 1
+            for i, L in enumerate(learners):
+                self._steps(L, cfg.local_steps)
+                st = L.delta_stats()
+                delta = L.delta_since_base()[mask]
+                norms.append(l2norm(delta))
+                payload = efs[i].encode(uplink_clip[i](delta))
+                sent.append(len(payload))
+                res = agg.submit_payload(payload, st["base_version"], cfg.sites[i].name, seq,
+                                         sample_count=st["sample_count"])
+                if not res.accepted:
+                    raise RuntimeError(f"aggregator rejected {cfg.sites[i].name}: {res.reason}")
+            full = full0.copy()
+            full[mask] = agg.model
+            glob = vector_to_payload(template, full, agg.version)
+            for L in learners:
+                L.apply_global(glob, agg.version)
+            curve.append(self._eval([learners[0].model]))
+            eps_curve.append(float(agg.epsilon))
+            self._tick()
+        out = self._result(curve, [learners[0].model])
+        out.update({"bytes_per_update": float(np.mean(sent)), "updates": len(sent),
+               "bytes_upstream_total": int(np.sum(sent)), "codec": cfg.codec,
+               "exchanged_coordinates": int(mask.sum()),
+               "delta_norm_median": float(np.median(norms)), "delta_norm_max": float(np.max(norms)),
+               "residual_norm_final": [float(e.residual_norm) for e in efs],
+               "aggregations": int(agg.counters.get("aggregations", 0)),
+               "clipped_by_aggregator": int(agg.counters.get("clipped", 0)),
+               "global_version": int(agg.version), **self._skips(learners)})
+        if dp:
+            out.update({"epsilon": float(agg.epsilon), "delta": cfg.dp_delta, "epsilon_curve": eps_curve,
+                        "dp_clip": cfg.dp_clip, "dp_noise_multiplier": cfg.dp_noise,
+                        "dp_releases": int(agg.dp.accountant.num_releases)})
+        return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True, cache: bool = True,
+                   plot: bool = True) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from sakura_nexus.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = load_checkpoint()
+    if ckpt.encoder is None:
+        raise RuntimeError("the shipped checkpoint has no encoder.bin")
+    enc_sha = ckpt.manifest.get("encoder", {}).get("sha256", "")
+    total = len(cfg.sites) + cfg.rounds * len(METHODS)
+    bar = tqdm(total=total, desc="fleet-experiment", unit="step", disable=not progress, file=sys.stderr)
+    bar.set_postfix_str("collect")
+    data = build_data(cfg, ckpt.encoder, enc_sha, out_dir if cache else None, bar)
+    t_data = time.time() - t0
+    runner = _Runner(cfg, ckpt.world_model, data, bar)
+    results, timings = {}, {}
+    for m in METHODS:
+        bar.set_postfix_str(m)
+        t = time.time()
+        if m.startswith("fedbuff"):
+            results[m] = runner.fedbuff(dp=m.startswith("fedbuff_dp"), trainable_only=m.endswith("_trainable"))
+        else:
+            results[m] = getattr(runner, m)()
+        timings[m] = round(time.time() - t, 2)
+    bar.close()
+
+    def ratios(metric: str) -> dict:
+        f = {m: results[m]["final"][metric] for m in METHODS}
+        return {"final": f, "initial": runner.initial[metric],
+                "fedbuff_over_central": f["fedbuff"] / f["central"],
+                "fedbuff_over_local": f["fedbuff"] / f["local"],
+                "fedavg_over_central": f["fedavg"] / f["central"], "fedavg_over_local": f["fedavg"] / f["local"],
+                "fedbuff_over_fedavg": f["fedbuff"] / f["fedavg"],
+                "central_over_initial": f["central"] / runner.initial[metric],
+                "dp_loss_penalty": f["fedbuff_dp"] / f["fedbuff"] - 1.0,
+                "dp_trainable_loss_penalty": f["fedbuff_dp_trainable"] / f["fedbuff"] - 1.0}
+
+    by_metric = {k: ratios(k) for k in ("dynamics", "loss", "collision")}
+    p = by_metric[PRIMARY]
+    ratio_bytes = results["fedavg"]["bytes_per_update"] / results["fedbuff"]["bytes_per_update"]
+    summary = {
+        "primary_metric": PRIMARY, **{k: v for k, v in p.items()},
+        "bytes_per_update_fedbuff": results["fedbuff"]["bytes_per_update"],
+        "bytes_per_update_fedavg": results["fedavg"]["bytes_per_update"],
+        "byte_ratio_fedavg_over_fedbuff": ratio_bytes,
+        "dp_epsilon": results["fedbuff_dp"]["epsilon"], "dp_delta": cfg.dp_delta,
+        "dp_epsilon_for_noise": _epsilon_table(cfg),
+        "targets": {"fedbuff_over_central": 1.1, "fedbuff_over_local": 0.8, "byte_ratio": 50.0,
+                    "fedbuff_over_fedavg": 1.02},
+        "targets_met": {
+            "fedbuff_vs_central_le_1.1x": p["fedbuff_over_central"] <= 1.1,
+            "fedbuff_vs_local_le_0.8x": p["fedbuff_over_local"] <= 0.8,
+            "bytes_ge_50x_smaller": ratio_bytes >= 50.0,
+            "fedbuff_le_2pct_worse_than_fedavg": p["fedbuff_over_fedavg"] <= 1.02},
+        "by_metric": by_metric,
+    }
+    n_tr = sum(len(t["action"]) for t in data["train"])
+    n_te = sum(len(t["action"]) for t in data["test"])
+    report = {
+        "config": {**{k: v for k, v in asdict(cfg).items() if k != "sites"},
+                   "sites": [asdict(s) for s in cfg.sites]},
+        "data": {"train_transitions": n_tr, "heldout_transitions": n_te, "cached": bool(data["cached"]),
+                 "train_collision_rate": float(np.mean(np.concatenate([t["collided"] for t in data["train"]]))),
+                 "heldout_collision_rate": float(np.mean(np.concatenate([t["collided"] for t in data["test"]]))),
+                 "world_model_parameters": int(ckpt.world_model.num_parameters()),
+                 "trainable_parameters": int(sum(p.numel() for n, p in ckpt.world_model.named_parameters()
+                                                 if cfg.trainable == "all"
+                                                 or n.startswith(("dynamics.", "collision_head."))))},
+        "metrics": {"dynamics": "normalised one-step latent prediction error of the ensemble (the dynamics "
+                                "term of the OnlineLearner loss) on the held-out episodes of all sites",
+                    "loss": "full OnlineLearner loss (dynamics + collision BCE) on the same set",
+                    "collision": "collision BCE term"},
+        "initial_heldout": runner.initial, "initial_heldout_per_site": runner._per_site(ckpt.world_model),
+        "gradient_steps_per_method": cfg.rounds * cfg.local_steps * len(cfg.sites),
+        "summary": summary, "methods": results,
+        "timing_s": {"data": round(t_data, 2), **timings, "total": round(time.time() - t0, 2)},
+    }
+    with open(os.path.join(out_dir, "fleet.json"), "w") as f:
+        json.dump(_finite_json(report), f, indent=1)
+    if plot:
+        _plot(report, os.path.join(out_dir, "fleet.png"))
+    return report
+
+
+def _epsilon_table(cfg: ExperimentConfig) -> dict:
+    """Epsilon (delta = cfg.dp_delta) after cfg.rounds releases for a few noise multipliers."""
+    from .privacy import RDPAccountant
+
+    out = {}
+    for z in (0.5, 1.0, 2.0, 4.0, 8.0):
+        acc = RDPAccountant(target_delta=cfg.dp_delta)
+        acc.step(z, 1.0, cfg.rounds)
+        out[str(z)] = acc.epsilon()
+    return out
+
+
+def _finite_json(x):
+    if isinstance(x, dict):
+        return {k: _finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_json(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = report["config"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    steps = cfg["local_steps"] * len(cfg["sites"])
+    for ax, metric in zip(axes[:2], ("dynamics", "loss")):
+        for m in METHODS:
+            c = np.asarray(report["methods"][m]["curve"][metric], float)
+            if m.startswith("fedbuff_dp"):
+                c = np.minimum(c, 3 * report["initial_heldout"][metric])  # DP diverges: clip for the plot
+            ax.plot(np.arange(len(c)) * steps, c, label=f"{m} ({report['methods'][m]['final'][metric]:.4g})")
+        ax.set_xlabel("gradient steps (all sites together)")
+        ax.set_ylabel(f"held-out {metric}, all 4 sites")
+        ax.set_title({"dynamics": "one-step latent prediction error", "loss": "OnlineLearner loss"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    bx = axes[2]
+    names = ["fedbuff", "fedbuff_dp", "fedbuff_dp_trainable", "fedavg"]
+    vals = [report["methods"][m]["bytes_per_update"] for m in names]
+    bars = bx.bar(names, vals, color=["tab:orange", "tab:purple", "tab:brown", "tab:green"])
+    bx.set_yscale("log")
+    bx.set_ylabel("upstream bytes per update (log)")
+    bx.set_title(f"{cfg['codec']} + EF vs dense f32 FedAvg "
+                 f"({report['summary']['byte_ratio_fedavg_over_fedbuff']:.0f}x)")
+    bx.tick_params(axis="x", labelsize=7)
+    for b, v in zip(bars, vals):
+        bx.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f} B", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def experiment_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sakura-nexus fleet-experiment", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small run (~1 min) for tests")
+    p.add_argument("--out", default="out/fleet", help="output directory (fleet.json, fleet.png)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default 30, quick 12)")
+    p.add_argument("--local-steps", type=int, help="gradient steps per site per round")
+    p.add_argument("--lr", type=float, help="Adam learning rate (all methods)")
+    p.add_argument("--dp-noise", type=float, help="central-DP noise multiplier z")
+    p.add_argument("--dp-clip", type=float, help="central-DP clip norm C")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-cache", action="store_true", help="re-collect the site data")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    cfg = ExperimentConfig.quick() if a.quick else ExperimentConfig()
+    for name, attr in (("rounds", "rounds"), ("local_steps", "local_steps"), ("lr", "lr"),
+                       ("dp_noise", "dp_noise"), ("dp_clip", "dp_clip"), ("seed", "seed")):
+        v = getattr(a, name)
+        if v is not None:
+            setattr(cfg, attr, v)
+    rep = run_experiment(cfg, a.out, progress=not a.no_progress, cache=not a.no_cache)
+    s = rep["summary"]
+    print(json.dumps({"primary_metric": s["primary_metric"], "initial": s["initial"], "final": s["final"],
+                      "fedbuff/central": round(s["fedbuff_over_central"], 4),
+                      "fedbuff/local": round(s["fedbuff_over_local"], 4),
+                      "fedbuff/fedavg": round(s["fedbuff_over_fedavg"], 4),
+                      "bytes fedavg/fedbuff": round(s["byte_ratio_fedavg_over_fedbuff"], 1),
+                      "dp epsilon": round(s["dp_epsilon"], 2), "dp penalty": round(s["dp_loss_penalty"], 4),
+                      "dp penalty (trainable-only vector)": round(s["dp_trainable_loss_penalty"], 4),
+                      "targets_met": s["targets_met"], "timing_s": rep["timing_s"],
+                      "out": os.path.abspath(a.out)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(experiment_main())
