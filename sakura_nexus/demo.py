@@ -192,6 +192,7 @@ class MissionLog:
     ws_src: dict = field(default_factory=dict)
     plan_src: dict = field(default_factory=dict)
     plan_rx: dict = field(default_factory=dict)
+    plan_poses: dict = field(default_factory=dict)     # number of poses in each plan (MPC: the horizon)
     cmd_src: list = field(default_factory=list)        # source timestamps (ns) of every cmd_vel
     diag: dict = field(default_factory=dict)           # node -> key -> list of float samples
     window: list | None = None                         # [t0_ns, t1_ns]: only stamps inside count
@@ -355,8 +356,10 @@ class Mission:
         k = self._key(m.header.stamp)
         self.log.plan_src[k] = info["source_timestamp"]
         self.log.plan_rx[k] = info["received_timestamp"]
+        self.log.plan_poses[k] = len(m.poses)
         _trim(self.log.plan_src)
         _trim(self.log.plan_rx)
+        _trim(self.log.plan_poses)
 
     def _on_cmd(self, m, info):
         self.log.cmd_src.append(info["source_timestamp"])
@@ -378,6 +381,27 @@ class Mission:
 
     def goal_subscribers(self) -> int:
         return self._goal_pub.get_subscription_count()
+
+    def set_params(self, node: str, values: dict, timeout: float = 10.0) -> list:
+        """``ros2 param set`` through the node's set_parameters service; -> SetParametersResult list."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        cli = self.timing.create_client(SetParameters, f"{node}/set_parameters")
+        try:
+            if not cli.wait_for_service(timeout_sec=timeout):
+                raise RuntimeError(f"{node}/set_parameters not available")
+            req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+            fut = cli.call_async(req)
+            deadline = time.monotonic() + timeout
+            while not fut.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not fut.done():
+                raise RuntimeError(f"{node}/set_parameters did not answer within {timeout} s")
+            return list(fut.result().results)
+        finally:
+            self.timing.destroy_client(cli)
 
     def send_goal(self, x: float, y: float, yaw: float = 0.0) -> None:
         from geometry_msgs.msg import PoseStamped

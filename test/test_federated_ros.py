@@ -119,7 +119,7 @@ def _flat(payload: bytes) -> np.ndarray:
 def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp_path, fast_flower):
     from sakura_nexus.federated.aggregator import GlobalModelStore
     from sakura_nexus.federated.egress import check_egress, load_audit
-    from sakura_nexus.federated.launcher import free_port
+    from sakura_nexus.federated.launcher import free_port, wait_healthy
     from sakura_nexus.msg import ModelDelta, ModelUpdate, SyncStatus, WorldState
     from sakura_nexus.ros.qos import model_qos
 
@@ -130,7 +130,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
     agg_log = open(tmp_path / "aggregator.log", "w")  # noqa: SIM115
     agg = subprocess.Popen(
         [sys.executable, "-m", "sakura_nexus", "aggregator", "--store-dir", store, "--port", str(port),
-         "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "2",
+         "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "1",
          "--allowed-codecs", CODEC, "--clip-norm", "10"],
         stdout=subprocess.PIPE, stderr=agg_log, text=True, start_new_session=True)
     procs: list[NodeProcess] = []
@@ -146,15 +146,16 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
                 "checkpoint": str(ckpt_dir), "delta_period": 1.0, "max_input_age": 2.0,
                 "learning_steps_per_s": 20.0, "batch_size": 8}, namespace=f"/{r}"))
         feed.start()
-        started = json.loads(agg.stdout.readline() or "{}")
-        assert started.get("event") == "aggregator_started", open(tmp_path / "aggregator.log").read()[-3000:]
-        assert started["init"]["version"] == 1 and started["init"]["size"] == n_params
-        # (started once the SuperLink is up: a SuperNode that finds no SuperLink backs off for many seconds)
+        # sync nodes once the SuperLink answers (a SuperNode that finds none backs off for many seconds)
+        assert wait_healthy("127.0.0.1", port, 90, proc=agg), open(tmp_path / "aggregator.log").read()[-3000:]
         for r in robots:
             procs.append(NodeProcess("federated_sync", {
                 "checkpoint": str(ckpt_dir), "spool_dir": str(tmp_path / f"spool_{r}"),
                 "superlink": f"127.0.0.1:{port}", "codec": CODEC, "clip_norm": 10.0, "poll_period": 0.5,
                 "egress_audit_dir": audit[r]}, namespace=f"/{r}"))
+        started = json.loads(agg.stdout.readline() or "{}")
+        assert started.get("event") == "aggregator_started", open(tmp_path / "aggregator.log").read()[-3000:]
+        assert started["init"]["version"] == 1 and started["init"]["size"] == n_params
 
         marks: dict[str, float] = {"aggregator_up": time.monotonic() - t0}
 
@@ -184,9 +185,10 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
         for r in robots:
             ros_node.set_params(f"/{r}/world_model_node", {"learning_enabled": False})
 
-        def settled():
+        def settled():  # every spooled delta acknowledged, both robots on the aggregator's version
             v = _status(store).get("version", 0)
-            return all(got[r]["states"] and got[r]["states"][-1].model_version == v for r in robots)
+            return all(got[r]["status"] and got[r]["status"][-1].pending_deltas == 0 and got[r]["states"]
+                       and got[r]["states"][-1].model_version == v for r in robots)
 
         ok = wait_for(settled, 45, period=0.5)
         st = _status(store)

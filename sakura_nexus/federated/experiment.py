@@ -518,11 +518,18 @@ def _plot(report: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     steps = cfg["local_steps"] * len(cfg["sites"])
     for ax, metric in zip(axes[:2], ("dynamics", "loss")):
+        shown = []
         for m in METHODS:
-            c = np.asarray(report["methods"][m]["curve"][metric], float)
-            if m.startswith("fedbuff_dp"):
-                c = np.minimum(c, 3 * report["initial_heldout"][metric])  # DP diverges: clip for the plot
-            ax.plot(np.arange(len(c)) * steps, c, label=f"{m} ({report['methods'][m]['final'][metric]:.4g})")
+            c = np.asarray([np.nan if v is None else v for v in report["methods"][m]["curve"][metric]], float)
+            label = f"{m} ({report['methods'][m]['final'][metric]:.4g})"
+            if np.nanmax(c) > 3 * report["initial_heldout"][metric]:
+                label += ", off scale"  # e.g. DP with 4 sites diverges
+            else:
+                shown.append(c)
+            ax.plot(np.arange(len(c)) * steps, c, label=label)
+        if shown:
+            lo, hi = np.nanmin(np.concatenate(shown)), np.nanmax(np.concatenate(shown))
+            ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.25 * (hi - lo))
         ax.set_xlabel("gradient steps (all sites together)")
         ax.set_ylabel(f"held-out {metric}, all 4 sites")
         ax.set_title({"dynamics": "one-step latent prediction error", "loss": "OnlineLearner loss"}[metric])

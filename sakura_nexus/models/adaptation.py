@@ -53,7 +53,7 @@ def run_adaptation(checkpoint: Checkpoint | str | None = None, out_dir: str = "o
     enc = ckpt.encoder.eval()
     frozen = copy.deepcopy(ckpt.world_model).eval()
     learner = OnlineLearner(copy.deepcopy(ckpt.world_model), lr=lr, buffer_size=5000, batch_size=32,
-                            grad_clip=10.0, seed=seed)
+                            grad_clip=10.0, min_samples=200, seed=seed)
     eval_sets = {"changed": collect([layout_seed + 1], 4, 100, seed + 7, floor_friction=friction, workers=1),
                  "nominal": collect([layout_seed + 1], 4, 100, seed + 7, workers=1)}
     eval_emb = {k: embed_frames(enc, v.images) for k, v in eval_sets.items()}

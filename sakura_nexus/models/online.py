@@ -85,10 +85,9 @@ class OnlineLearner:
         self.batch_size, self.grad_clip = int(batch_size), float(grad_clip)
         self.w_collision = float(w_collision)
         self.trainable = trainable
-        # default: wait for ~20 s of driving (200 transitions) so the first steps do not overfit a
-        # handful of transitions (bounded by the buffer capacity)
-        self.min_samples = int(min_samples if min_samples is not None
-                               else min(buffer_size, max(batch_size, 200)))
+        # transitions needed before the first step (default: one batch); ~200 (20 s of driving)
+        # keeps the first steps from overfitting a handful of transitions (adaptation.py uses 200)
+        self.min_samples = min(int(buffer_size), int(min_samples if min_samples is not None else batch_size))
         self.buffer = ReplayBuffer(buffer_size, model.config.embed_dim)
         self.rng = np.random.default_rng(seed)
         self.lock = threading.RLock()  # guards weights, base, counters, buffer
