@@ -152,7 +152,7 @@ PERCEPTION = NodeSchema(
     "perception_node",
     "Camera images to compact embeddings (OpenCV preprocessing, PyTorch encoder).",
     (
-        P("checkpoint", str, "", "Encoder checkpoint file; empty = the shipped models/world_model.pt.",
+        P("checkpoint", str, "", "Encoder payload file; empty = the shipped models/encoder.bin.",
           read_only=True),
         P("encoder_version", int, 0, "Version reported for the loaded checkpoint (0 = as in the file). "
           "Model updates raise it.", "", 0, 2**31 - 1, read_only=True),
@@ -188,7 +188,7 @@ WORLD_MODEL = NodeSchema(
     "world_model_node",
     "Learned latent dynamics: world_state with prediction and uncertainty; learns online; emits deltas.",
     (
-        P("checkpoint", str, "", "World-model checkpoint; empty = the shipped models/world_model.pt.",
+        P("checkpoint", str, "", "World-model checkpoint (directory or world_model.bin); empty = the shipped models/.",
           read_only=True),
         P("state_dir", str, "", "Directory for periodic checkpoints and resume; empty = no persistence.",
           read_only=True),
@@ -235,8 +235,9 @@ POLICY = NodeSchema(
         P("max_jerk_v", float, 20.0, "Jerk limit, linear.", "m/s^3", 0.1, 1000.0),
         P("max_jerk_w", float, 60.0, "Jerk limit, angular.", "rad/s^3", 0.1, 1000.0),
         P("watchdog_timeout", float, 0.1, "world_state older than this commands a stop.", "s", 0.01, 10.0),
-        P("uncertainty_slow", float, 0.5, "Uncertainty where speed scaling starts.", "latent std", 0.0, 100.0),
-        P("uncertainty_stop", float, 2.0, "Uncertainty where the robot stops.", "latent std", 0.0, 100.0),
+        P("uncertainty_slow", float, 0.1, "Uncertainty where speed scaling starts (the shipped model: ~0.02 "
+          "in distribution, ~0.15 for motion beyond its training range).", "latent std", 0.0, 100.0),
+        P("uncertainty_stop", float, 0.4, "Uncertainty where the robot stops.", "latent std", 0.0, 100.0),
         P("collision_stop", float, 0.8, "Predicted collision risk that stops the robot.", "probability",
           0.0, 1.0),
         P("goal_tolerance", float, 0.25, "Goal reached within this distance.", "m", 0.01, 5.0),

@@ -2,11 +2,12 @@
 
 1. Fleet: two robots in namespaces (robot1, robot2), each world_model_node + federated_sync_node, fed
    with synthetic odom / observation / cmd_vel streams from this process so the world models learn and
-   emit deltas every second; the aggregator (``python -m sakura_nexus aggregator --init-world-model``,
-   K = 2) starts from the robots' checkpoint. The global version increments, the new model reaches
-   BOTH world_model_nodes through model_update (world_state.model_version), the published weights are
-   exactly the aggregator's, and everything the robots sent upstream (the ClientApp's egress audit copy)
-   is codec payloads of weight deltas only.
+   emit deltas every 1.5 s; the aggregator (``python -m sakura_nexus aggregator --init-world-model``,
+   K = 2) starts from the robots' checkpoint. Once the global version increments, learning is paused
+   and the fleet settles (the robots keep spooling until then): every spooled delta is
+   acknowledged and BOTH world_model_nodes run the aggregator's final version (world_state.model_version)
+   with exactly the aggregator's weights; everything the robots sent upstream (the ClientApp's egress
+   audit copy) is codec payloads of weight deltas only.
 2. kill -9 of federated_sync_node while it is appending: every delta it reported spooled is in the
    spool after the crash, the restarted node resumes its uplink state (the spooled increments still sum
    to exactly the last cumulative delta: nothing lost, nothing counted twice), kills the orphaned
@@ -55,7 +56,7 @@ def fast_flower(monkeypatch):
 
 
 class Feed(threading.Thread):
-    """Odometry (60 Hz), cmd_vel and observations (20 Hz) with consistent stamps into each namespace."""
+    """Odometry (30 Hz), cmd_vel and observations (10 Hz) with consistent stamps into each namespace."""
 
     def __init__(self, ros_node, namespaces):
         super().__init__(daemon=True)
@@ -82,7 +83,7 @@ class Feed(threading.Thread):
         emb = self.rng.standard_normal((50, 64)).astype(np.float32)
         while not self.stop.is_set():
             now = self.ros.get_clock().now()
-            x += 0.015
+            x += 0.03
             for odom_pub, cmd_pub, obs_pub in self.pubs.values():
                 o = Odometry()
                 o.header.stamp = now.to_msg()
@@ -98,7 +99,7 @@ class Feed(threading.Thread):
                 ob.embedding = emb[k % len(emb)]
                 obs_pub.publish(ob)
             k += 1
-            time.sleep(0.05)
+            time.sleep(0.1)
 
 
 def _status(store):
@@ -130,7 +131,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
     agg_log = open(tmp_path / "aggregator.log", "w")  # noqa: SIM115
     agg = subprocess.Popen(
         [sys.executable, "-m", "sakura_nexus", "aggregator", "--store-dir", store, "--port", str(port),
-         "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "1",
+         "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "2",
          "--allowed-codecs", CODEC, "--clip-norm", "10"],
         stdout=subprocess.PIPE, stderr=agg_log, text=True, start_new_session=True)
     procs: list[NodeProcess] = []
@@ -143,8 +144,8 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
     try:
         for r in robots:
             procs.append(NodeProcess("world_model", {
-                "checkpoint": str(ckpt_dir), "delta_period": 1.0, "max_input_age": 2.0,
-                "learning_steps_per_s": 20.0, "batch_size": 8}, namespace=f"/{r}"))
+                "checkpoint": str(ckpt_dir), "delta_period": 1.5, "max_input_age": 2.0,
+                "learning_steps_per_s": 10.0, "batch_size": 8}, namespace=f"/{r}"))
         feed.start()
         # sync nodes once the SuperLink answers (a SuperNode that finds none backs off for many seconds)
         assert wait_healthy("127.0.0.1", port, 90, proc=agg), open(tmp_path / "aggregator.log").read()[-3000:]
@@ -166,7 +167,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
             if name not in marks and cond:
                 marks[name] = round(time.monotonic() - t0, 1)
 
-        def done():
+        def first_aggregation():
             st, vs = _status(store), versions()
             mark("agg_v2", st.get("version", 0) >= 2)
             for r in robots:
@@ -174,27 +175,31 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
                 mark(f"{r}_delta", bool(got[r]["deltas"]))
                 mark(f"{r}_update_v2", any(u.version >= 2 for u in got[r]["updates"]))
                 mark(f"{r}_state_v2", vs[r] >= 2)
-            return st.get("version", 0) >= 2 and all(v >= 2 for v in vs.values())
+            return st.get("version", 0) >= 2
 
-        ok = wait_for(done, 100, period=0.5)
+        ok = wait_for(first_aggregation, 90, period=0.5)
         logs = "\n".join(p.output()[-1500:] for p in procs)
         assert ok, (versions(), _status(store), logs, open(os.path.join(store, "server.log")).read()[-2000:])
-        elapsed = time.monotonic() - t0
         v_first = _status(store)["version"]
         # pause learning: the deltas stop, the fleet settles on one global version that both robots run
         for r in robots:
-            ros_node.set_params(f"/{r}/world_model_node", {"learning_enabled": False})
+            res = ros_node.set_params(f"/{r}/world_model_node", {"learning_enabled": False})
+            assert all(x.successful for x in res), res
 
         def settled():  # every spooled delta acknowledged, both robots on the aggregator's version
             v = _status(store).get("version", 0)
+            vs = versions()
+            for r in robots:
+                mark(f"{r}_state_v2", vs[r] >= 2)
             return all(got[r]["status"] and got[r]["status"][-1].pending_deltas == 0 and got[r]["states"]
                        and got[r]["states"][-1].model_version == v for r in robots)
 
-        ok = wait_for(settled, 45, period=0.5)
+        ok = wait_for(settled, 60, period=0.5)
         st = _status(store)
         v_agg = st["version"]
-        assert ok, (versions(), v_agg, [p.output()[-1000:] for p in procs])
+        assert ok, (versions(), v_agg, [got[r]["status"][-1:] for r in robots], [p.output()[-1000:] for p in procs])
         assert v_agg >= v_first >= 2
+        assert all(got[r]["states"][-1].model_version == v_agg for r in robots)  # both robots hot-swapped
         assert st["counters"].get("accepted", 0) >= 2 and st["counters"].get("rejected", 0) == 0, st["counters"]
         assert st["counters"].get("aggregations", 0) == v_agg - 1
         # the weights both robots received on model_update are exactly the aggregator's global model
@@ -226,8 +231,8 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
                                 (rec_name, k, x)
             sizes[r] = (len(payloads), float(np.mean([len(p) for p in payloads])))
         dense = float(np.mean([len(d.payload) for r in robots for d in got[r]["deltas"]]))
-        print(f"\nFLEET: both robots on a global version >= 2 after {elapsed:.1f} s (v{v_first}); settled on "
-              f"v{v_agg} after {time.monotonic() - t0:.1f} s; "
+        print(f"\nFLEET: learning paused at global v{v_first}; settled on v{v_agg} (both robots) after "
+              f"{time.monotonic() - t0:.1f} s; "
               f"upstream {sizes} (payloads, mean bytes) vs dense model_delta {dense:.0f} B; "
               f"aggregator counters {st['counters']}; timeline {marks}")
     finally:

@@ -18,9 +18,9 @@ def test_fleet_experiment_quick(tmp_path):
     from sakura_nexus.federated.experiment import METHODS, experiment_main
 
     out = tmp_path / "fleet"
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     assert experiment_main(["--quick", "--out", str(out), "--no-progress", "--no-cache"]) == 0
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - c0
     assert os.path.isfile(out / "fleet.png") and os.path.getsize(out / "fleet.png") > 1000
     rep = json.loads((out / "fleet.json").read_text())
 
@@ -49,4 +49,6 @@ def test_fleet_experiment_quick(tmp_path):
     for m in ("local", "fedbuff", "fedavg", "central"):
         r = rep["methods"][m]
         assert r["steps"] + r["skipped_grad"] + r["skipped_nonfinite"] == rep["gradient_steps_per_method"]
-    assert elapsed < 120, f"--quick took {elapsed:.0f} s"
+    # ~75 s wall-clock on a loaded 2-core host (~25 s of CPU); the hard bound is on CPU time so the
+    # test is not flaky when other jobs share the cores
+    assert cpu < 120, f"--quick used {cpu:.0f} s of CPU ({elapsed:.0f} s wall-clock)"

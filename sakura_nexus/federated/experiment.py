@@ -27,10 +27,14 @@ gradient steps:
 ``fedbuff_dp``  ``fedbuff`` + server-side central DP in the aggregator (clip each site's
                 contribution to ``dp_clip``, Gaussian noise ``dp_noise * dp_clip``), epsilon at
                 delta = 1e-5 from the RDP accountant (no subsampling amplification claimed).
+                The fleet exchanges *every* parameter (``weights.world_model_vector``), so the
+                noise also lands on the frozen ``encode`` weights.
+``fedbuff_dp_trainable``  the same, exchanging only the trainable coordinates (a possible fix).
 
-The metric is the ``OnlineLearner`` loss (normalised one-step latent prediction error of the
-ensemble + collision BCE) on held-out episodes of all four sites, evaluated on the whole held-out
-set after every round. Outputs: ``fleet.json`` (all figures, curves, config) and ``fleet.png``
+Headline metric (``PRIMARY``): the normalised one-step latent prediction error of the ensemble
+(the dynamics term of the ``OnlineLearner`` loss) on held-out episodes of all four sites; the full
+``OnlineLearner`` loss (+ collision BCE) is reported next to it. Both are evaluated on the whole
+held-out set after every round. Outputs: ``fleet.json`` (all figures, curves, config) and ``fleet.png``
 (loss curves per method, upstream bytes per update per method).
 """
 
@@ -94,7 +98,7 @@ class ExperimentConfig:
 
     @classmethod
     def quick(cls) -> ExperimentConfig:
-        return cls(rounds=12, local_steps=15, train_episodes=3, test_episodes=1, steps_per_episode=80)
+        return cls(rounds=10, local_steps=12, train_episodes=3, test_episodes=1, steps_per_episode=80)
 
 
 # --------------------------------------------------------------------------- data
@@ -315,7 +319,7 @@ class _Runner:
                 weights.append(float(L.delta_stats()["sample_count"]))
                 sent.append(_flower_dense_bytes(L.model))
             w = np.asarray(weights) / float(np.sum(weights))
-            glob = np.sum([wi * v for wi, v in zip(w, vecs)], axis=0).astype(np.float32)  # FedAvg
+            glob = np.sum([wi * v for wi, v in zip(w, vecs, strict=True)], axis=0).astype(np.float32)  # FedAvg
             version += 1
             payload = vector_to_payload(template, glob, version)
             for L in learners:
@@ -517,7 +521,7 @@ def _plot(report: dict, path: str) -> None:
     cfg = report["config"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     steps = cfg["local_steps"] * len(cfg["sites"])
-    for ax, metric in zip(axes[:2], ("dynamics", "loss")):
+    for ax, metric in zip(axes[:2], ("dynamics", "loss"), strict=True):
         shown = []
         for m in METHODS:
             c = np.asarray([np.nan if v is None else v for v in report["methods"][m]["curve"][metric]], float)
@@ -544,7 +548,7 @@ def _plot(report: dict, path: str) -> None:
     bx.set_title(f"{cfg['codec']} + EF vs dense f32 FedAvg "
                  f"({report['summary']['byte_ratio_fedavg_over_fedbuff']:.0f}x)")
     bx.tick_params(axis="x", labelsize=7)
-    for b, v in zip(bars, vals):
+    for b, v in zip(bars, vals, strict=True):
         bx.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f} B", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -52,13 +52,12 @@ class WorldModelSnapshot:
 
     def step(self, z: np.ndarray, action: np.ndarray, members: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        zk = self.rollout_members(z, np.asarray(action, np.float32)[:, None, :], members)[:, :, 0]
-        return self._mean(zk), self._disagreement(zk)
+        return self._mean_and_disagreement(
+            self.rollout_members(z, np.asarray(action, np.float32)[:, None, :], members)[:, :, 0])
 
     def rollout(self, z: np.ndarray, actions: np.ndarray, members: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-        traj = self.rollout_members(z, actions, members)
-        return self._mean(traj), self._disagreement(traj)
+        return self._mean_and_disagreement(self.rollout_members(z, actions, members))
 
     def pose(self, z: np.ndarray) -> np.ndarray:
         ps = self.config.pos_scale
@@ -98,12 +97,8 @@ class WorldModelSnapshot:
         return out
 
     @staticmethod
-    def _mean(zk: np.ndarray) -> np.ndarray:
-        return zk[0].copy() if zk.shape[0] == 1 else zk.mean(0)
-
-    @staticmethod
-    def _disagreement(zk: np.ndarray) -> np.ndarray:
-        if zk.shape[0] < 2:
-            return np.zeros(zk.shape[1:-1], np.float32)
-        return zk.std(0, ddof=1).mean(-1)
+    def _mean_and_disagreement(zk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if zk.shape[0] == 1:
+            return zk[0], np.zeros(zk.shape[1:-1], np.float32)
+        return zk.mean(0), zk.std(0, ddof=1).mean(-1)
 

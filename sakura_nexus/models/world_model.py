@@ -142,8 +142,7 @@ class WorldModel(nn.Module):
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One model step: ensemble mean (B, Z) and disagreement (B,) (mean over dims of the std
         across members, latent units)."""
-        zk = self.rollout_members(z, action.unsqueeze(-2), members)[:, :, 0]
-        return self._mean(zk), self._disagreement(zk)
+        return self._mean_and_disagreement(self.rollout_members(z, action.unsqueeze(-2), members)[:, :, 0])
 
     def rollout(self, z: torch.Tensor, actions: torch.Tensor, members: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,8 +152,7 @@ class WorldModel(nn.Module):
         the returned latents are the member mean. ``members`` = m uses only the first m members
         (``config.fast_members`` is the planner's fast path; m = 1 gives zero disagreement).
         """
-        traj = self.rollout_members(z, actions, members)
-        return self._mean(traj), self._disagreement(traj)
+        return self._mean_and_disagreement(self.rollout_members(z, actions, members))
 
     def pose(self, z: torch.Tensor) -> torch.Tensor:
         """(..., Z) -> (..., 3): x, y [m], yaw [rad] in the odom frame."""
@@ -200,17 +198,17 @@ class WorldModel(nn.Module):
         return k if members is None else max(1, min(int(members), k))
 
     @staticmethod
-    def _mean(zk: torch.Tensor) -> torch.Tensor:
-        # a sum of the m slices: torch's reductions over a leading dim of size <= 5 are slow on CPU
-        return sum(zk.unbind(0)) / zk.shape[0]
+    def _mean_and_disagreement(zk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, ..., Z) -> member mean (..., Z) and std across members averaged over Z (...).
 
-    @staticmethod
-    def _disagreement(zk: torch.Tensor) -> torch.Tensor:
+        Sums of the m slices instead of reductions over the leading axis: on CPU, torch's
+        ``std(0)`` over a leading axis of size <= 5 was ~100x slower than this."""
         m = zk.shape[0]
-        if m < 2:
-            return zk.new_zeros(zk.shape[1:-1])
-        dev = zk - sum(zk.unbind(0)) / m
-        return (dev * dev).sum(0).div_(m - 1).sqrt_().mean(-1)  # zk.std(0) is ~100x slower here
+        if m == 1:
+            return zk[0], zk.new_zeros(zk.shape[1:-1])
+        mean = sum(zk.unbind(0)) / m
+        var = sum((s - mean).square() for s in zk.unbind(0)) / (m - 1)
+        return mean, var.sqrt().mean(-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

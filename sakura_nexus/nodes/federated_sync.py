@@ -98,6 +98,8 @@ class FederatedSyncNode(NexusNode):
             torch.set_num_threads(1)
             self._template = load_world_model(p.checkpoint or None)
             self._n_params = self._template.num_parameters()
+            # only global models newer than the checkpoint (policy_node would otherwise swap in an older one)
+            self._published_version = int(self._template.version)
         except Exception as e:  # noqa: BLE001 - deltas are still spooled; updates cannot be converted
             self._template, self._n_params = None, None
             self._error(f"cannot load world-model checkpoint {p.checkpoint or 'shipped'!r}: {e}; "
