@@ -42,7 +42,7 @@ class NodeProcess:
         if name:
             cmd += ["-r", f"__node:={name}"]
         if namespace:
-            cmd += ["-r", f"__ns:={namespace}"]
+            cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
         for a, b in (remaps or {}).items():
             cmd += ["-r", f"{a}:={b}"]
         if params_file:
