@@ -22,6 +22,7 @@ image stamp, which policy_node publishes right after the cmd_vel planned from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -133,7 +134,12 @@ class Supervisor:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                # the aggregator's SuperLink/ServerApp run in sessions of their own: kill the whole tree
+                from sakura_nexus.federated.launcher import kill_tree
+
+                kill_tree(p.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         for log in self._logs:
             log.close()
@@ -768,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--controller", default="mpc", choices=("mpc", "go_to_goal"))
     ap.add_argument("--straight", action=argparse.BooleanOptionalAction, default=None,
                     help="only goals reachable on an obstacle-free straight line (default: with go_to_goal)")
-    ap.add_argument("--no-fleet", action="store_true", help="without the aggregator and the sync node")
+    ap.add_argument("--fleet", action="store_true",
+                    help="also run the fleet aggregator (Flower) and federated_sync_node (adds ~1 min of start-up)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
@@ -777,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sakura_nexus demo: {reason}", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out).resolve()
-    fleet = not args.no_fleet and _fleet_available()
+    fleet = args.fleet and _fleet_available()
     straight = args.controller == "go_to_goal" if args.straight is None else args.straight
     try:
         goals, layout = pick_goals(args.seed, args.goals, straight=straight)
@@ -831,13 +838,17 @@ def _fleet_available() -> bool:
 
 
 def _start_fleet(sup: Supervisor, out: pathlib.Path) -> None:
-    from sakura_nexus.federated.launcher import free_port
+    """Aggregator (starting from the robots' shipped world model) + this robot's sync node."""
+    from sakura_nexus.federated.launcher import aggregator_command, free_port, wait_healthy
 
     port = free_port()
-    sup.start_command("aggregator", [sys.executable, "-m", "sakura_nexus", "aggregator",
-                                     "--state-dir", str(out / "state" / "aggregator"), "--fleet-port", str(port)])
+    sup.start_command("aggregator", aggregator_command(str(out / "state" / "aggregator"), port=port,
+                                                       init_world_model="shipped", buffer_size=1,
+                                                       sync_interval=2.0))
+    wait_healthy("127.0.0.1", port, 90, proc=sup.procs["aggregator"])
     sup.start(bringup.FEDERATED_SYNC, {"superlink": f"127.0.0.1:{port}",
-                                       "spool_dir": str(out / "state" / "spool")})
+                                       "spool_dir": str(out / "state" / "spool"),
+                                       "egress_audit_dir": str(out / "state" / "egress")})
 
 
 if __name__ == "__main__":
