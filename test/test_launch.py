@@ -110,7 +110,7 @@ def test_nexus_launch_puts_params_in_place_under_a_namespace(ros_node):
         launch_arguments={"namespace": "fleet_a", "params_file": str(PARAMS), "use_sim_time": "true",
                           "autostart": "false", "with_sync": "true"}.items())]))
     loop = asyncio.new_event_loop()
-    t = threading.Thread(target=lambda: loop.run_until_complete(ls.run_async(handle_signals=False)), daemon=True)
+    t = threading.Thread(target=lambda: loop.run_until_complete(ls.run_async()), daemon=True)
     t.start()
     try:
         for spec in bringup.NEXUS:
