@@ -574,6 +574,8 @@ class Pipeline:
             self.sup.start(bringup.SIM, {"seed": self.seed, **ov.get("sim_node", {})})
             self.sup.start(bringup.PERCEPTION, ov.get("perception_node"))
             self.sup.start(bringup.WORLD_MODEL, {"state_dir": str(self.out / "state" / "world_model"),
+                                                 # fleet mode: deltas every 3 s so a short demo sees a round
+                                                 **({"delta_period": 3.0} if self.fleet else {}),
                                                  **ov.get("world_model_node", {})})
             self.sup.start(bringup.POLICY, {"controller": self.controller, **ov.get("policy_node", {})})
             if self.fleet:
@@ -803,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline up after {pipe.startup_s:.1f} s: driving", flush=True)
         drive(pipe.mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet, supervisor=pipe.sup)
         pipe.mission.hold()
+        if fleet:
+            _wait_for_global_model(pipe.mission, timeout=120.0)
         time.sleep(1.0)
         rss = pipe.sup.rss_mb()
     log = pipe.mission.log
@@ -838,6 +842,20 @@ def _fleet_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _wait_for_global_model(mission: Mission, timeout: float) -> None:
+    """Fleet mode: keep the robot idle (still learning) until the aggregator sent back a newer global model."""
+    sync = mission.log.sync
+    start = sync[0][1] if sync else 0
+    print(f"waiting up to {timeout:.0f} s for a new global model from the aggregator (now v{start}) ...", flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sync and sync[-1][1] > start:
+            print(f"global model v{sync[-1][1]} received ({sync[-1][2]} bytes sent upstream so far)", flush=True)
+            return
+        time.sleep(1.0)
+    print("no new global model within the wait (see logs/aggregator.log)", flush=True)
 
 
 def _start_fleet(sup: Supervisor, out: pathlib.Path) -> None:
