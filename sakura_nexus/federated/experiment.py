@@ -106,35 +106,12 @@ class ExperimentConfig:
 
 def collect_site(site: SiteSpec, episodes: list[int], steps: int, data_seed: int, image_size: int = 64):
     """Episodes of one site (its own CellConfig) with the exploration policy of ``models.data``."""
-    from sakura_nexus.models.data import MODEL_DT, ExplorationPolicy, Trajectories, proprio_of
-    from sakura_nexus.sim import CellConfig, FactoryCell
+    from sakura_nexus.models.data import collect_episodes
+    from sakura_nexus.sim import CellConfig
 
     cfg = CellConfig(seed=site.layout_seed, floor_friction=site.floor_friction, light=site.light,
                      texture_seed=site.texture_seed)
-    cell = FactoryCell(cfg, camera_width=image_size, camera_height=image_size)
-    n, t1 = len(episodes), steps + 1
-    out = Trajectories(np.zeros((n, t1, image_size, image_size, 3), np.uint8), np.zeros((n, t1, 6), np.float32),
-                       np.zeros((n, steps, 2), np.float32), np.zeros((n, steps), bool),
-                       np.full(n, site.layout_seed, np.int64), np.full(n, cell.floor_friction, np.float32))
-    try:
-        for i, ep in enumerate(episodes):
-            rng = np.random.default_rng([int(data_seed), int(site.layout_seed), int(ep)])
-            cell.reset()
-            cell.set_pose(*cell.sample_free_pose(rng, clearance=0.3))
-            policy = ExplorationPolicy(rng, cell.cfg.robot.max_v, cell.cfg.robot.max_w)
-            out.images[i, 0] = cell.render()
-            out.proprio[i, 0] = proprio_of(cell.pose, cell.velocity)
-            collided = False
-            for t in range(steps):
-                a = policy(cell.pose, cell.layout, cell.size[0], collided)
-                res = cell.step(float(a[0]), float(a[1]), MODEL_DT)
-                collided = res.collided
-                out.actions[i, t], out.collided[i, t] = a, collided
-                out.images[i, t + 1] = cell.render()
-                out.proprio[i, t + 1] = proprio_of(res.pose, res.vel)
-    finally:
-        cell.close()
-    return out
+    return collect_episodes(site.layout_seed, episodes, steps, data_seed, image_size=image_size, cell_config=cfg)
 
 
 def _transitions(emb: np.ndarray, traj) -> dict[str, np.ndarray]:

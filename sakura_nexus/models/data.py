@@ -106,12 +106,14 @@ def proprio_of(pose: tuple, vel: tuple) -> np.ndarray:
 
 
 def collect_episodes(layout_seed: int, episodes: list[int], steps: int, data_seed: int,
-                     floor_friction: float | None = None, image_size: int = 64) -> Trajectories:
-    """Episodes ``episodes`` (indices) in the cell of ``layout_seed`` (a process-local cell)."""
+                     floor_friction: float | None = None, image_size: int = 64,
+                     cell_config=None) -> Trajectories:
+    """Episodes ``episodes`` (indices) in the cell of ``layout_seed`` (a process-local cell).
+    ``cell_config`` (a CellConfig whose seed is ``layout_seed``) overrides the default conditions."""
     from sakura_nexus.sim import CellConfig, FactoryCell
 
-    cell = FactoryCell(CellConfig(seed=int(layout_seed), floor_friction=floor_friction),
-                       camera_width=image_size, camera_height=image_size)
+    cfg = cell_config or CellConfig(seed=int(layout_seed), floor_friction=floor_friction)
+    cell = FactoryCell(cfg, camera_width=image_size, camera_height=image_size)
     n, t1 = len(episodes), steps + 1
     out = Trajectories(np.zeros((n, t1, image_size, image_size, 3), np.uint8),
                        np.zeros((n, t1, 6), np.float32), np.zeros((n, steps, 2), np.float32),
