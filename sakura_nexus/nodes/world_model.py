@@ -34,7 +34,7 @@ from std_msgs.msg import Bool
 
 from sakura_nexus.federated import codecs
 from sakura_nexus.models.checkpoint import load_checkpoint
-from sakura_nexus.models.online import OnlineLearner, Transition
+from sakura_nexus.models.online import OnlineLearner, Transition, deprioritise_current_thread
 from sakura_nexus.models.serialization import PayloadError, atomic_write
 from sakura_nexus.msg import ModelDelta, ModelUpdate, Observation, WorldState
 from sakura_nexus.params import WORLD_MODEL
@@ -266,13 +266,9 @@ class WorldModelNode(NexusNode):
 
     # --- learning, deltas, checkpoints, updates ---------------------------------------------
     def _learn_loop(self) -> None:
-        # Learning is background work: on a loaded CPU the ticks (executor thread) must win. Linux
-        # threads have their own nice value; +10 for this one only.
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
-        except (AttributeError, OSError):
-            pass
+        # Learning is background work: it runs only in CPU time the ticks (executor thread) and the
+        # other nodes leave idle; the achieved rate is in diagnostics ("learning" -> steps).
+        self.diag.set("learning_thread_policy", deprioritise_current_thread())
         next_t = time.monotonic()
         while not self._stop.is_set():
             rate = self.params.learning_steps_per_s
