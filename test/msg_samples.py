@@ -12,7 +12,7 @@ def samples():
     o.header.stamp.sec, o.header.stamp.nanosec, o.header.frame_id = 1234, 567890123, "camera_optical_frame"
     o.encoder_id, o.model_version = "conv64-v1", 7
     o.embedding = [math.sin(i) * 10 ** (i % 5 - 2) for i in range(64)]
-    o.quality, o.compute_time = 0.8125, 0.00125
+    o.quality, o.compute_time, o.latency = 0.8125, 0.00125, 0.00375
 
     w = WorldState()
     w.header.stamp.sec, w.header.stamp.nanosec, w.header.frame_id = 99, 1, "odom"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import cv2
 import numpy as np
@@ -87,6 +88,10 @@ class PerceptionNode(NexusNode):
         self._undistort = vision.Undistorter()
         self._cfg = vision.PreprocessConfig()
         self._last_publish = -1e18
+        self._latency: deque = deque(maxlen=300)  # ms, last 300 published frames (diagnostics window)
+        self._compute: deque = deque(maxlen=300)
+        self.diag.track_rate("received", "input_rate_hz")
+        self.diag.track_rate("published", "output_rate_hz")
         self._pub = None
         self.params.on_change(lambda _changed: self._apply_params())
         self._apply_params()
@@ -238,7 +243,14 @@ class PerceptionNode(NexusNode):
         out.embedding = emb.astype(np.float32)
         out.quality = q
         out.compute_time = time.perf_counter() - t0
+        out.latency = self.get_clock().now().nanoseconds * 1e-9 - stamp
         self._pub.publish(out)
+        self._latency.append(out.latency * 1e3)
+        self._compute.append(out.compute_time * 1e3)
+        if self.diag.counters["published"] % 10 == 0:  # refresh the window figures every 10 frames
+            for name, w in (("latency_ms", self._latency), ("inference_ms", self._compute)):
+                a = np.asarray(w)
+                self.diag.set(name, {"mean": round(float(a.mean()), 3), "p99": round(float(np.percentile(a, 99)), 3)})
         self._last_publish = stamp
         self.diag.count("published")
 

@@ -6,7 +6,8 @@
 - :func:`run` spins a node on rclpy's C++ EventsExecutor (``SAKURA_NEXUS_EXECUTOR=multi``: the
   Python MultiThreadedExecutor; see :func:`make_executor`), transitions it to active when
   ``autostart`` is set, and on SIGINT/SIGTERM deactivates it (so nodes can send their final safe
-  output while publishers are still active) before shutting down cleanly.
+  output while publishers are still active) before shutting down cleanly. It first tunes malloc for
+  large messages (:mod:`sakura_nexus.allocator`: camera frames 3.1 -> 1.3 ms per hop).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -23,6 +25,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.lifecycle import State as LifecycleState
 
+from sakura_nexus.allocator import tune_for_large_messages
 from sakura_nexus.params import NodeSchema
 from sakura_nexus.ros.params import ParamStore
 
@@ -40,6 +43,8 @@ class Diagnostics:
         self.values: dict[str, object] = {}
         self._lock = threading.Lock()
         self._level_fn: Callable[[], tuple[int, str]] | None = None
+        self._rates: dict[str, str] = {}  # counter -> value name
+        self._rate_mark: tuple[float, Counter] | None = None
         self._timer = node.create_timer(period, self.publish)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -48,6 +53,22 @@ class Diagnostics:
 
     def set(self, key: str, value) -> None:
         self.values[key] = value
+
+    def track_rate(self, counter: str, name: str) -> None:
+        """Report the rate of ``counter`` (per second of wall time since the last publication) as ``name``."""
+        self._rates[counter] = name
+
+    def _update_rates(self) -> None:
+        if not self._rates:
+            return
+        now = time.monotonic()
+        with self._lock:
+            snap = Counter(self.counters)
+        if self._rate_mark is not None and now > self._rate_mark[0]:
+            dt = now - self._rate_mark[0]
+            for counter, name in self._rates.items():
+                self.values[name] = round((snap[counter] - self._rate_mark[1][counter]) / dt, 2)
+        self._rate_mark = (now, snap)
 
     def level_from(self, fn: Callable[[], tuple[int, str]]) -> None:
         self._level_fn = fn
@@ -58,6 +79,7 @@ class Diagnostics:
         self._timer = self._node.create_timer(period, self.publish)
 
     def status(self) -> DiagnosticStatus:
+        self._update_rates()
         level, message = self._level_fn() if self._level_fn else (OK, "ok")
         with self._lock:
             items = sorted(self.counters.items())
@@ -130,6 +152,7 @@ def make_executor(threads: int = 2):
 
 def run(factory: Callable[[], NexusNode], args=None, threads: int = 2) -> int:
     """Run one node until SIGINT/SIGTERM; returns the process exit code."""
+    tune_for_large_messages()  # before any receive buffer exists; see sakura_nexus/allocator.py
     try:
         from rclpy.signals import SignalHandlerOptions
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
