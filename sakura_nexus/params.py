@@ -253,6 +253,10 @@ POLICY = NodeSchema(
         P("w_collision", float, 20.0, "Cost weight of predicted collision risk.", "", 0.0, 1e4),
         P("w_uncertainty", float, 1.0, "Cost weight of ensemble uncertainty.", "", 0.0, 1e4),
         P("w_smooth", float, 0.05, "Cost weight of action changes.", "", 0.0, 1e4),
+        P("use_map", bool, True, "Use the static map (`map`, nav_msgs/OccupancyGrid) for a geodesic cost-to-go in "
+          "the goal term; without a map, or false, the goal term is the straight-line distance."),
+        P("map_clearance", float, 0.362, "Obstacle inflation of the map cost-to-go (robot radius + margin): "
+          "passages narrower than twice this are closed on the map.", "m", 0.0, 5.0),
         *_COMMON,
     ),
 )

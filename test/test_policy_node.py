@@ -154,5 +154,42 @@ def test_mpc_plans_with_a_world_model(ros_node, wm_file):
         assert all(math.isfinite(ps.pose.position.x) for ps in p.poses)
         vs = np.array([v for _, v, _ in rig.cmds])
         assert np.all(np.abs(vs) <= 0.5 + 1e-9)
+
+        # static map (nav_msgs/OccupancyGrid, latched): one in a foreign frame is refused, one in the
+        # odom frame turns the goal term into the map cost-to-go (built off the executor)
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import OccupancyGrid
+
+        from sakura_nexus.ros.qos import model_qos
+        from sakura_nexus.sim import generate_layout, occupancy_grid
+        from sakura_nexus.sim.layout import CellConfig
+
+        diags = ros_node.collect(DiagnosticArray, "/diagnostics", 50)
+        map_pub = ros_node.node.create_publisher(OccupancyGrid, "map", model_qos())
+
+        def values():
+            for arr in reversed(diags):
+                for st in arr.status:
+                    if "policy_node" in st.name:
+                        return {kv.key: kv.value for kv in st.values}
+            return {}
+
+        data, w, h, origin = occupancy_grid(generate_layout(CellConfig(seed=3)).obstacles, 6.0, 0.05)
+        grid = OccupancyGrid()
+        grid.info.resolution, grid.info.width, grid.info.height = 0.05, w, h
+        grid.info.origin.position.x, grid.info.origin.position.y = origin
+        grid.info.origin.orientation.w = 1.0
+        grid.data = data.tolist()
+        grid.header.frame_id = "map"
+        map_pub.publish(grid)
+        assert wait_for(lambda: values().get("maps_refused") == "1", 10), rig.proc.output()
+        grid.header.frame_id = "odom"
+        map_pub.publish(grid)
+        rig.goal(1.5, -1.0)
+        rig.stream(1.0)
+        assert wait_for(lambda: values().get("goal_term") == "map cost-to-go", 10), (values(), rig.proc.output())
+        n = len(plans)
+        rig.stream(0.5)
+        assert len(plans) > n and all(math.isfinite(ps.pose.position.x) for ps in plans[-1].poses)
     finally:
         rig.proc.stop()

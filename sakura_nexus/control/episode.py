@@ -92,10 +92,15 @@ class _MPCBase(Controller):
     def reset(self, goal) -> None:
         self.planner.reset()
         if self.cell_map is not None:
+            from sakura_nexus.sim.layout import occupancy_grid
+
             from .costmap import CostToGo
 
-            self.planner.set_cost_to_go(CostToGo(self.cell_map[0], self.cell_map[1], goal,
-                                                 radius=self.map_clearance))
+            # the same path as policy_node: the map as an OccupancyGrid (what sim_node publishes)
+            res = 0.05
+            data, width, height, origin = occupancy_grid(self.cell_map[0], self.cell_map[1], res)
+            self.planner.set_cost_to_go(CostToGo.from_occupancy(data, width, height, res, origin, goal,
+                                                                radius=self.map_clearance))
 
     def _plan(self, z, obs: Observation) -> ControlOutput:
         res = self.planner.plan(z, obs.goal, prev_action=obs.last_command, position=obs.pose[:2])

@@ -37,6 +37,7 @@ class WorldModelSnapshot:
             head = model.collision_head
             self._head = (arr(head[0].weight.T), arr(head[0].bias), arr(head[2].weight[0]),
                           float(head[2].bias[0]))
+            self._col_from = model._col_from
             self._dyn = tuple(arr(t) for t in model.dynamics.prepare(cfg.ensemble)[:7])
             self._proprio_scale = arr(model.proprio_scale)
             self._action_scale = arr(model.action_scale)
@@ -65,7 +66,7 @@ class WorldModelSnapshot:
 
     def collision(self, z: np.ndarray) -> np.ndarray:
         w1, b1, w2, b2 = self._head
-        logit = _silu(z[..., 2:] @ w1 + b1) @ w2 + b2
+        logit = _silu(z[..., self._col_from:] @ w1 + b1) @ w2 + b2
         return 1.0 / (1.0 + np.exp(-logit))
 
     def rollout_members(self, z: np.ndarray, actions: np.ndarray, members: int | None = None) -> np.ndarray:

@@ -48,6 +48,11 @@ class WorldModelConfig:
     v_scale: float = 0.6  # m/s per latent unit
     w_scale: float = 1.5  # rad/s per latent unit
     fast_members: int = 1  # members used by the planner's fast rollout path
+    # What the collision head reads: "visual" = z[6:] only, or "state" = z[2:] (heading, velocities,
+    # visual; the payloads written before this field existed load as "state"). With velocities in its
+    # input the head learned the shortcut "stopped = contact" (after a contact the robot stands still):
+    # risk 0.30 / 0.08 / 0.008 at 0 / 0.25 / 0.5 m/s for the same pose and image, useless to a planner.
+    collision_input: str = "visual"
 
 
 class EnsembleDynamics(nn.Module):
@@ -117,6 +122,8 @@ class WorldModel(nn.Module):
         if cfg.latent_dim <= POSE_DIMS or cfg.proprio_dim != POSE_DIMS or cfg.action_dim != 2:
             raise ValueError("latent_dim must exceed 6; proprio is [x, y, cos, sin, v, w]; "
                              "actions are (v, w)")
+        if cfg.collision_input not in ("state", "visual"):
+            raise ValueError(f"collision_input must be 'state' or 'visual', not {cfg.collision_input!r}")
         self.config, self.version = cfg, int(version)
         z = cfg.latent_dim
         # The learned block is layer-normalised (no affine): its scale is fixed, so the stop-gradient
@@ -125,7 +132,8 @@ class WorldModel(nn.Module):
                                          nn.Linear(cfg.encode_hidden, z - POSE_DIMS),
                                          nn.LayerNorm(z - POSE_DIMS, elementwise_affine=False))
         self.dynamics = EnsembleDynamics(cfg.ensemble, z, cfg.action_dim, cfg.hidden)
-        self.collision_head = nn.Sequential(nn.Linear(z - 2, cfg.head_hidden), nn.SiLU(),
+        self._col_from = 2 if cfg.collision_input == "state" else POSE_DIMS
+        self.collision_head = nn.Sequential(nn.Linear(z - self._col_from, cfg.head_hidden), nn.SiLU(),
                                             nn.Linear(cfg.head_hidden, 1))
         ps, vs, ws = cfg.pos_scale, cfg.v_scale, cfg.w_scale
         self.register_buffer("proprio_scale", torch.tensor([1 / ps, 1 / ps, 1.0, 1.0, 1 / vs, 1 / ws]))
@@ -168,7 +176,7 @@ class WorldModel(nn.Module):
 
     # ---------------------------------------------------------------- helpers
     def collision_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.collision_head(z[..., 2:]).squeeze(-1)
+        return self.collision_head(z[..., self._col_from:]).squeeze(-1)
 
     def rollout_members(self, z: torch.Tensor, actions: torch.Tensor, members: int | None = None
                         ) -> torch.Tensor:
@@ -228,7 +236,8 @@ def world_model_from_bytes(payload: bytes, expected_sha256: str | None = None,
     tensors, meta = unpack_state(payload, expected_sha256)
     if meta.get("model_id") != "world_model" or meta.get("world_model_id") != WORLD_MODEL_ID:
         raise PayloadError(f"not a {WORLD_MODEL_ID} world-model payload")
-    config = WorldModelConfig(**meta["config"])
+    # payloads written before collision_input existed have the legacy head (heading + velocities + visual)
+    config = WorldModelConfig(**{"collision_input": "state", **meta["config"]})
     if like is not None and config != like.config:
         raise PayloadError(f"world-model config mismatch: {config} vs {like.config}")
     model = WorldModel(config, version=int(meta.get("version", 0)))

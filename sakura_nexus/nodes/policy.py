@@ -17,7 +17,7 @@ import time
 
 import torch
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
-from nav_msgs.msg import Odometry, Path
+from nav_msgs.msg import OccupancyGrid, Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from std_msgs.msg import Bool
@@ -67,6 +67,10 @@ class PolicyNode(NexusNode):
         self._last_pub = -math.inf               # node-clock time of the last cmd_vel
         self._goal_reached = False
         self._pub = self._plan_pub = None
+        self._map: OccupancyGrid | None = None
+        self._ctg_request = threading.Event()   # (map, goal, clearance) changed: rebuild the cost-to-go
+        self._ctg_thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.params.on_change(self._on_params)
 
     # --- parameters -------------------------------------------------------------------------
@@ -88,8 +92,11 @@ class PolicyNode(NexusNode):
     def _on_params(self, changed: dict) -> None:
         # Applied at once: the next control cycle uses the new limits / planner settings.
         self._safety.set_limits(self._limits())
-        if self._planner is not None and set(changed) - {"controller", "diagnostics_period"}:
+        if self._planner is not None and set(changed) - {"controller", "diagnostics_period", "use_map",
+                                                         "map_clearance"}:
             self._planner.set_config(self._mppi_config())
+        if {"use_map", "map_clearance"} & set(changed):
+            self._ctg_request.set()
 
     # --- lifecycle --------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -113,10 +120,19 @@ class PolicyNode(NexusNode):
         self.create_subscription(PoseStamped, "goal_pose", self._on_goal, state_qos())
         self.create_subscription(Bool, "e_stop", self._on_estop, state_qos())
         self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
+        self.create_subscription(OccupancyGrid, "map", self._on_map, model_qos())
         self.create_service(Trigger, "reset_estop", self._on_reset_estop)
+        self._stop.clear()
+        self._ctg_thread = threading.Thread(target=self._cost_to_go_loop, name="cost_to_go", daemon=True)
+        self._ctg_thread.start()
         self._timer = self.create_timer(1.0 / p.control_rate, self._on_timer, callback_group=plan_group)
         self.diag.level_from(self._level)
         return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._stop.set()
+        self._ctg_request.set()
+        return super().on_cleanup(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         # The final zero goes out BEFORE the publisher is deactivated, or it would be dropped.
@@ -150,8 +166,58 @@ class PolicyNode(NexusNode):
             self._goal_reached = False
             if self._planner is not None:
                 self._planner.reset()
+                self._planner.set_cost_to_go(None)  # the old goal's field must not steer toward it
+        self._ctg_request.set()
         self.diag.count("goals_accepted")
         self.get_logger().info(f"new goal ({p.x:.2f}, {p.y:.2f}, {yaw:.2f})")
+
+    def _on_map(self, msg: OccupancyGrid) -> None:
+        frame = self.params.odom_frame
+        q = msg.info.origin.orientation
+        if msg.header.frame_id != frame:
+            self.diag.count("maps_refused")
+            self.get_logger().error(f"map refused: frame '{msg.header.frame_id}' is not '{frame}' (no tf is assumed)")
+            return
+        if abs(_yaw(q)) > 1e-6 or msg.info.resolution <= 0 or len(msg.data) != msg.info.width * msg.info.height:
+            self.drop("bad_map", f"{msg.info.width}x{msg.info.height} cells, {len(msg.data)} values, "
+                                 f"resolution {msg.info.resolution}, origin yaw {_yaw(q):.3f}")
+            return
+        self._map = msg
+        self.diag.count("maps_received")
+        self._ctg_request.set()
+
+    def _cost_to_go_loop(self) -> None:
+        """Builds the map cost-to-go for the current goal off the executor (0.1-0.5 s per goal), then
+        hands it to the planner. Until it is ready the planner uses the straight-line goal term."""
+        from sakura_nexus.control.costmap import CostToGo
+
+        while not self._stop.is_set():
+            if not self._ctg_request.wait(0.5):
+                continue
+            self._ctg_request.clear()
+            with self._lock:
+                goal, planner, grid = self._goal, self._planner, self._map
+            if planner is None or goal is None:
+                continue
+            if grid is None or not self.params.use_map:
+                planner.set_cost_to_go(None)
+                self.diag.set("goal_term", "straight line" + ("" if grid is not None else " (no map)"))
+                continue
+            t0 = time.perf_counter()
+            try:
+                info = grid.info
+                field = CostToGo.from_occupancy(grid.data, info.width, info.height, info.resolution,
+                                                (info.origin.position.x, info.origin.position.y), goal[:2],
+                                                radius=self.params.map_clearance)
+            except Exception as e:  # noqa: BLE001 - a bad map must not end the thread
+                self.drop("bad_map", repr(e))
+                continue
+            with self._lock:
+                current = self._goal == goal and self._planner is planner
+            if current and not self._ctg_request.is_set():
+                planner.set_cost_to_go(field)
+                self.diag.set("goal_term", "map cost-to-go")
+                self.diag.set("cost_to_go_build_ms", round((time.perf_counter() - t0) * 1e3, 1))
 
     def _on_odom(self, msg: Odometry) -> None:
         q = msg.pose.pose.orientation
@@ -184,6 +250,7 @@ class PolicyNode(NexusNode):
         planner = MPPIPlanner(model, self._mppi_config())
         with self._lock:
             self._model, self._planner = model, planner
+        self._ctg_request.set()  # the new planner needs the cost-to-go too
         self.diag.count("model_update_applied")
         self.diag.set("world_model_version", msg.version)
 

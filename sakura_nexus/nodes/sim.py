@@ -41,7 +41,7 @@ import threading
 import time
 
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, Twist
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rosgraph_msgs.msg import Clock
@@ -51,14 +51,15 @@ from std_srvs.srv import Trigger
 
 from sakura_nexus.params import SIM
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
-from sakura_nexus.ros.qos import describe, sensor_qos, state_qos
-from sakura_nexus.sim import TOPICS, WHEEL_JOINTS, CellConfig, FactoryCell
+from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
+from sakura_nexus.sim import TOPICS, WHEEL_JOINTS, CellConfig, FactoryCell, occupancy_grid
 
 STATE_RATE = 100.0  # Hz of sim time: /clock, odom, joint_states, contacts
 # Message type of every topic in TOPICS (config/gz_bridge.yaml must agree: test_gazebo_assets).
 MESSAGE_TYPES = {
     "image": Image, "camera_info": CameraInfo, "odom": Odometry, "joint_states": JointState, "clock": Clock,
     "contacts": Bool, "cmd_vel": Twist, "initialpose": PoseWithCovarianceStamped, "goal_pose": PoseStamped,
+    "map": OccupancyGrid,
 }
 CAMERA_FRAME = "camera_optical_frame"
 
@@ -90,8 +91,9 @@ class SimNode(NexusNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         sqos, rqos = sensor_qos(self.params.sensor_reliability), state_qos(10)
         qos = {"image": sqos, "camera_info": sqos}
+        qos["map"] = model_qos()  # latched, like a map_server's map
         self._pubs = {k: self.create_publisher(MESSAGE_TYPES[k], TOPICS[k], qos.get(k, rqos))
-                      for k in ("image", "camera_info", "odom", "joint_states", "clock", "contacts")}
+                      for k in ("image", "camera_info", "odom", "joint_states", "clock", "contacts", "map")}
         cbg = ReentrantCallbackGroup()
         for key, cb in (("cmd_vel", self._on_cmd_vel), ("initialpose", self._on_initialpose),
                         ("goal_pose", self._on_goal)):
@@ -215,6 +217,7 @@ class SimNode(NexusNode):
             start = self._start_pose(self._cell)
             if start is not None:
                 self._cell.set_pose(*start)
+            self._publish_map(self._cell)
             self.get_logger().info(
                 f"cell seed {p.seed}: {len(self._cell.layout)} obstacles, floor friction "
                 f"{self._cell.floor_friction:g}, robot at {tuple(round(v, 3) for v in self._cell.pose)}")
@@ -288,6 +291,19 @@ class SimNode(NexusNode):
         msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
         msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
         return msg
+
+    def _publish_map(self, cell: FactoryCell, resolution: float = 0.05) -> None:
+        """The static map of the cell (what a map_server would provide), latched."""
+        data, width, height, origin = occupancy_grid(cell.layout, cell.size[0], resolution)
+        msg = OccupancyGrid()
+        _stamp(msg.header.stamp, cell.time)
+        msg.header.frame_id = "odom"
+        msg.info.resolution = float(resolution)
+        msg.info.width, msg.info.height = int(width), int(height)
+        msg.info.origin.position.x, msg.info.origin.position.y = float(origin[0]), float(origin[1])
+        msg.info.origin.orientation.w = 1.0
+        msg.data = data.astype("int8").tolist()
+        self._pubs["map"].publish(msg)
 
     def _publish_image(self, cell: FactoryCell, info: CameraInfo) -> None:
         t = cell.time

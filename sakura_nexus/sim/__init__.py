@@ -20,6 +20,7 @@ from .layout import (
     RobotSpec,
     StepResult,
     generate_layout,
+    occupancy_grid,
 )
 from .plot import plot_cell
 from .sdf import export_sdf
@@ -39,5 +40,5 @@ def __getattr__(name):
 __all__ = [
     "BRIDGED_TOPICS", "CAMERA_NAME", "CellConfig", "FactoryCell", "KIND_RGBA", "Layout", "OBSTACLE_KINDS",
     "Obstacle", "RobotSpec", "StepResult", "TOPICS", "WHEEL_JOINTS", "build_mjcf", "export_sdf",
-    "generate_layout", "plot_cell",
+    "generate_layout", "occupancy_grid", "plot_cell",
 ]

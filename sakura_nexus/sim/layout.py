@@ -318,3 +318,18 @@ def sample_free_pose(rng, obstacles: Sequence[Obstacle], size: float, robot_radi
         if free_distance(float(x), float(y), obstacles, size) >= need:
             return float(x), float(y), float(r.uniform(-math.pi, math.pi))
     raise RuntimeError(f"no free pose with clearance {clearance} m found in {max_tries} tries")
+
+
+def occupancy_grid(obstacles, size: float, resolution: float = 0.05) -> tuple[np.ndarray, int, int, tuple]:
+    """The cell's static map as ``nav_msgs/OccupancyGrid`` carries it: (data int8 row-major, width,
+    height, origin (x, y) of the lower-left corner in the odom frame). Covers the floor inside the
+    walls; a cell is 100 (occupied) if its centre lies inside an obstacle footprint, else 0."""
+    n = int(math.ceil(size / resolution))
+    c = (np.arange(n) + 0.5) * resolution - size / 2
+    xx, yy = np.meshgrid(c, c, indexing="xy")  # row = y (from -size/2 up), col = x
+    occ = np.zeros((n, n), dtype=bool)
+    for ob in obstacles:
+        co, si = math.cos(ob.yaw), math.sin(ob.yaw)
+        dx, dy = xx - ob.x, yy - ob.y
+        occ |= (np.abs(dx * co + dy * si) <= ob.sx / 2) & (np.abs(-dx * si + dy * co) <= ob.sy / 2)
+    return (occ.astype(np.int8) * 100).ravel(), n, n, (-size / 2, -size / 2)

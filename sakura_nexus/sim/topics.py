@@ -13,6 +13,7 @@ TOPICS = {
     "cmd_vel": "cmd_vel",                  # geometry_msgs/Twist (subscribed)
     "initialpose": "initialpose",          # geometry_msgs/PoseWithCovarianceStamped: teleport (subscribed)
     "goal_pose": "goal_pose",              # geometry_msgs/PoseStamped: set the sim's goal (subscribed)
+    "map": "map",                          # nav_msgs/OccupancyGrid of the static cell, frame odom, latched
 }
 
 # Topics that the Gazebo world provides through ros_gz_bridge (config/gz_bridge.yaml).
