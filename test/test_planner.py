@@ -152,10 +152,31 @@ def test_head_on_obstacle_needs_cost_to_go():
     stuck, (x, _, _) = closed_loop(dyn, MPPIPlanner(dyn, MPPIConfig(samples=128)), (0.0, 0.0, 0.0),
                                    (2.2, 0.0, math.nan), steps=80)
     assert stuck is None and x < 1.0
-    p = MPPIPlanner(dyn, MPPIConfig(samples=128))
+    p = MPPIPlanner(dyn, MPPIConfig(samples=128, w_obstacle=0.0))
     p.set_cost_to_go(CostToGo([Box(1.0, 0.0, 0.6, 0.6, 0.0)], 6.0, (2.2, 0.0), radius=0.05))
     k, _ = closed_loop(dyn, p, (0.0, 0.0, 0.0), (2.2, 0.0, math.nan), steps=200)
     assert k is not None
+    # with the map's clearance term (footprint 0.35 m here) it goes round as well
+    p = MPPIPlanner(dyn, MPPIConfig(samples=128, obstacle_radius=0.05, obstacle_margin=0.1))
+    p.set_cost_to_go(CostToGo([Box(1.0, 0.0, 0.6, 0.6, 0.0)], 6.0, (2.2, 0.0), radius=0.05))
+    k, _ = closed_loop(dyn, p, (0.0, 0.0, 0.0), (2.2, 0.0, math.nan), steps=200)
+    assert k is not None
+
+
+def test_map_clearance_term_penalises_only_samples_near_obstacles():
+    from sakura_nexus.control.standin import StandInWorldModel
+
+    wm = StandInWorldModel(hidden=16, ensemble=2)
+    p = MPPIPlanner(wm, MPPIConfig(samples=16, horizon=5, obstacle_radius=0.25, obstacle_margin=0.15))
+    p.set_cost_to_go(CostToGo([Box(1.0, 0.0, 0.6, 0.6, 0.0)], 6.0, (2.2, 0.0)))
+    acts = torch.zeros(2, 5, 2)
+    poses = torch.zeros(2, 5, 3)
+    poses[0, :, 0] = -1.0                    # 1.7 m from the box: no penalty
+    poses[1, :, 0] = 0.55                    # 0.15 m from the box face: inside the footprint
+    zeros = torch.zeros(2, 5)
+    _, terms = p._cost(acts, poses, zeros, zeros, 2.2, 0.0, None, None)
+    assert float(terms["obstacle"][0]) == 0.0
+    assert float(terms["obstacle"][1]) == pytest.approx(10.0 * ((0.4 - 0.15) / 0.15) ** 2, rel=0.15)
 
 
 def test_uncertainty_penalty_steers_around_unknown_region():

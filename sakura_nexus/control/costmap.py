@@ -86,18 +86,25 @@ class CostToGo:
         d = _relax(d, step)
         gy, gx = np.gradient(d, self.res)
         norm = np.hypot(gx, gy) + 1e-9
-        self.distance = d
-        self._grid = torch.tensor(np.stack([d, -gx / norm, -gy / norm])[None], dtype=dtype)   # (1, 3, rows, cols)
+        self.distance, self.clearance = d, clearance
+        # channels: distance to goal, descent direction (x, y), clearance to the nearest obstacle [m]
+        self._grid = torch.tensor(np.stack([d, -gx / norm, -gy / norm, clearance])[None], dtype=dtype)
         self._lo = torch.tensor(self.origin, dtype=dtype)
         self._span = torch.tensor(self.extent, dtype=dtype)
 
     def sample(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xy (..., 2) metres -> (distance (...), descent heading (...) [rad])."""
+        d, heading, _ = self.sample_all(xy)
+        return d, heading
+
+    def sample_all(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xy (..., 2) metres -> (distance, descent heading [rad], clearance to obstacles [m]), one
+        ``grid_sample`` for all points (outside the grid: the border values)."""
         shape = xy.shape[:-1]
         g = ((xy.reshape(1, 1, -1, 2).to(self._grid.dtype) - self._lo) / self._span) * 2.0 - 1.0  # x -> width
         out = F.grid_sample(self._grid, g, mode="bilinear", padding_mode="border", align_corners=False)
-        out = out[0, :, 0].reshape(3, *shape)
-        return out[0], torch.atan2(out[2], out[1])
+        out = out[0, :, 0].reshape(4, *shape)
+        return out[0], torch.atan2(out[2], out[1]), out[3]
 
     def __call__(self, x: float, y: float) -> float:
         d, _ = self.sample(torch.tensor([[x, y]], dtype=self._grid.dtype))

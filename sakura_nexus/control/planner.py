@@ -48,10 +48,13 @@ class MPPIConfig:
     turn_cost: float = 0.4           # m/rad: bearing error toward the goal counts like this much distance
     w_heading: float = 0.3           # (1 - cos yaw error), faded in within heading_radius of the goal
     heading_radius: float = 0.5      # m
-    w_collision: float = 20.0        # sum over the horizon of predicted contact probability
+    w_collision: float = 1.0         # sum over the horizon of predicted contact probability
     w_uncertainty: float = 1.0       # mean ensemble disagreement (latent std)
     w_smooth: float = 0.05           # sum of squared action changes, normalised by the action range
     w_reverse: float = 0.2           # extra cost per (m/s) of reverse speed: the camera looks forward
+    w_obstacle: float = 10.0         # map only: mean over the horizon of ((r_safe - clearance) / margin)^2
+    obstacle_radius: float = 0.262   # m, robot footprint radius (contact below this clearance)
+    obstacle_margin: float = 0.15    # m, the penalty starts at obstacle_radius + margin (r_safe)
     w_memory: float = 0.0            # local-minimum escape: penalty near recently visited positions
     memory_radius: float = 0.35      # m, width of the visited-position bumps
     memory_len: int = 300            # visited positions remembered (one per plan call)
@@ -70,6 +73,8 @@ class MPPIConfig:
             raise ValueError("need v_min <= 0 <= v_max and w_max > 0")
         if not 0.0 <= self.noise_smoothing < 1.0:
             raise ValueError("noise_smoothing must be in [0, 1)")
+        if not self.obstacle_margin > 0:
+            raise ValueError("obstacle_margin must be > 0")
         return self
 
 
@@ -242,8 +247,14 @@ class MPPIPlanner:
             dx, dy = gx - poses[..., 0], gy - poses[..., 1]
             dist = torch.sqrt(dx * dx + dy * dy + 1e-9)                  # (B, H)
             direction = torch.atan2(dy, dx)
+            intrusion = None
         else:                                                            # geodesic on a known map
-            dist, direction = self._ctg.sample(poses[..., :2])
+            if c.w_obstacle > 0 and hasattr(self._ctg, "sample_all"):
+                dist, direction, clearance = self._ctg.sample_all(poses[..., :2])
+                intrusion = ((c.obstacle_radius + c.obstacle_margin - clearance) / c.obstacle_margin).clamp(min=0)
+            else:
+                dist, direction = self._ctg.sample(poses[..., :2])
+                intrusion = None
         # cost-to-go of a unicycle: distance plus the distance-equivalent of turning toward the goal
         # (faded out within heading_radius, where the bearing is ill-defined)
         bearing = _wrap(direction - poses[..., 2]).abs()
@@ -260,6 +271,8 @@ class MPPIPlanner:
         if gyaw is not None and c.w_heading > 0:
             near = torch.exp(-(dist / c.heading_radius) ** 2)
             terms["heading"] = c.w_heading * (near * (1 - torch.cos(poses[..., 2] - gyaw))).mean(1)
+        if intrusion is not None:
+            terms["obstacle"] = c.w_obstacle * (intrusion * intrusion).mean(1)
         if mem is not None:
             d2 = ((poses[..., None, :2] - mem) ** 2).sum(-1)            # (B, H, M)
             terms["memory"] = c.w_memory * torch.exp(-d2 / (2 * c.memory_radius ** 2)).sum(-1).mean(1)

@@ -87,7 +87,8 @@ class PolicyNode(NexusNode):
         p = self.params
         return MPPIConfig(samples=p.samples, horizon=p.horizon, iterations=p.iterations, temperature=p.temperature,
                           noise_v=p.noise_v, noise_w=p.noise_w, v_max=p.max_v, w_max=p.max_w, w_goal=p.w_goal,
-                          w_collision=p.w_collision, w_uncertainty=p.w_uncertainty, w_smooth=p.w_smooth)
+                          w_collision=p.w_collision, w_uncertainty=p.w_uncertainty, w_smooth=p.w_smooth,
+                          w_obstacle=p.w_obstacle)
 
     def _on_params(self, changed: dict) -> None:
         # Applied at once: the next control cycle uses the new limits / planner settings.
