@@ -773,10 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="factory layout seed")
     ap.add_argument("--goal-timeout", type=float, default=45.0, help="sim seconds per goal")
     ap.add_argument("--out", default="out/demo", help="report directory")
-    # Default: the go-to-goal baseline drives while perception and the world model run and learn in the loop.
-    # The shipped world-model MPC does not reach goals reliably yet (see docs/control.md); --controller mpc
-    # shows it as it is.
-    ap.add_argument("--controller", default="go_to_goal", choices=("mpc", "go_to_goal"))
+    # Default: the world-model MPC (with the cell map sim_node publishes) drives; go_to_goal is the baseline
+    # that ignores the model (it hits obstacles that block the straight line, hence --straight by default).
+    ap.add_argument("--controller", default="mpc", choices=("mpc", "go_to_goal"))
     ap.add_argument("--straight", action=argparse.BooleanOptionalAction, default=None,
                     help="only goals reachable on an obstacle-free straight line (default: with go_to_goal)")
     ap.add_argument("--fleet", action="store_true",
