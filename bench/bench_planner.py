@@ -45,8 +45,9 @@ def real_world_model():
         return WorldModel().eval(), f"untrained WorldModel() (no checkpoint: {type(e).__name__})"
 
 
-def time_plans(dyn, cfg: MPPIConfig, n: int, z: torch.Tensor) -> dict:
+def time_plans(dyn, cfg: MPPIConfig, n: int, z: torch.Tensor, cost_to_go=None) -> dict:
     planner = MPPIPlanner(dyn, cfg)
+    planner.set_cost_to_go(cost_to_go)
     goal = (1.5, 1.0, 0.5)
     for _ in range(10):
         planner.plan(z, goal)
@@ -89,6 +90,22 @@ def main(argv=None) -> int:
                     timing.append(row)
                     print(f"{name:16s} S={samples:3d} H={horizon:2d} m={members}  p50 {r['p50_ms']:6.2f} ms  "
                           f"p99 {r['p99_ms']:6.2f} ms", flush=True)
+
+    # the node's default configuration with a map: cost-to-go + clearance from an occupancy grid
+    if wm is not None:
+        from sakura_nexus.control.costmap import CostToGo
+        from sakura_nexus.sim.layout import CellConfig, generate_layout, occupancy_grid
+
+        data, w, h, origin = occupancy_grid(generate_layout(CellConfig(seed=0)).obstacles, 6.0, 0.05)
+        ctg = CostToGo.from_occupancy(data, w, h, 0.05, origin, (1.5, 1.0))
+        with torch.inference_mode():
+            for samples, horizon in ((128, 15), (256, 15)):
+                cfg = MPPIConfig(samples=samples, horizon=horizon, members=1)
+                r = time_plans(wm, cfg, a.plans, z, cost_to_go=ctg)
+                timing.append({"dynamics": "world_model+map", "samples": samples, "horizon": horizon, "members": 1,
+                               **r})
+                print(f"{'world_model+map':16s} S={samples:3d} H={horizon:2d} m=1  p50 {r['p50_ms']:6.2f} ms  "
+                      f"p99 {r['p99_ms']:6.2f} ms", flush=True)
 
     # ---- 2. success vs budget (stand-in cell, perfect model) ---------------------------------------------
     grid = [(32, 1, 15), (64, 1, 15), (128, 1, 15), (256, 1, 15), (64, 2, 15), (128, 2, 15),

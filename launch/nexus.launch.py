@@ -8,7 +8,7 @@ Include it from your own launch file:
                           'camera_topic': '/front_camera/image_raw'}.items())
 
 Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync and the topic remaps
-camera_topic, camera_info_topic, odom_topic, cmd_vel_topic. The same use_sim_time goes to every node.
+camera_topic, camera_info_topic, odom_topic, cmd_vel_topic, map_topic. The same use_sim_time goes to every node.
 """
 
 import os

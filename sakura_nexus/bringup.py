@@ -14,12 +14,12 @@ class NodeSpec:
     remaps: dict = field(default_factory=dict)  # our topic -> launch-argument name that overrides it
 
 
-# The robot-facing topics (camera, odom, cmd_vel) can be remapped from the launch files; the rest are
+# The robot-facing topics (camera, odom, cmd_vel, map) can be remapped from the launch files; the rest are
 # sakura_nexus' own, relative, so a namespace puts a whole robot in its own space.
 PERCEPTION = NodeSpec("perception_node", "perception_node",
                       {"image_raw": "camera_topic", "camera_info": "camera_info_topic"})
 WORLD_MODEL = NodeSpec("world_model_node", "world_model_node", {"odom": "odom_topic", "cmd_vel": "cmd_vel_topic"})
-POLICY = NodeSpec("policy_node", "policy_node", {"cmd_vel": "cmd_vel_topic"})
+POLICY = NodeSpec("policy_node", "policy_node", {"cmd_vel": "cmd_vel_topic", "odom": "odom_topic", "map": "map_topic"})
 FEDERATED_SYNC = NodeSpec("federated_sync_node", "federated_sync_node")
 SIM = NodeSpec("sim_node", "sim_node")
 
@@ -31,6 +31,7 @@ TOPIC_DEFAULTS = {
     "camera_info_topic": "camera/camera_info",
     "odom_topic": "odom",
     "cmd_vel_topic": "cmd_vel",
+    "map_topic": "map",  # nav_msgs/OccupancyGrid, latched (sim_node, or your map_server)
 }
 
 

@@ -277,8 +277,9 @@ FEDERATED_SYNC = NodeSchema(
           2**16, 2**40, read_only=True),
         P("spool_policy", str, "merge", "What a full spool does (see docs/federated.md).", "",
           choices=("merge", "drop_oldest", "reject"), read_only=True),
-        P("codec", str, "topk0.01+q8", "Upstream delta codec (see docs/federated.md).", "",
-          choices=("dense", "q8", "topk0.01", "topk0.01+q8", "topk0.05+q8")),
+        P("codec", str, "topk0.015+q8", "Upstream delta codec (see docs/federated.md; the fleet experiment measured "
+          "topk0.015+q8).", "",
+          choices=("dense", "q8", "topk0.01", "topk0.01+q8", "topk0.015+q8", "topk0.05+q8")),
         P("clip_norm", float, 10.0, "L2 clipping bound of each delta.", "weight units", 1e-6, 1e6),
         P("local_noise_std", float, 0.0, "Std of local Gaussian noise added after clipping "
           "(multiple of clip_norm); 0 = off.", "", 0.0, 100.0),

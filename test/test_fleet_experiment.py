@@ -16,6 +16,7 @@ pytest.importorskip("mujoco")
 @pytest.mark.slow
 def test_fleet_experiment_quick(tmp_path):
     from sakura_nexus.federated.experiment import METHODS, experiment_main
+    from sakura_nexus.federated.privacy import RDPAccountant
 
     out = tmp_path / "fleet"
     t0, c0 = time.time(), time.process_time()
@@ -23,32 +24,44 @@ def test_fleet_experiment_quick(tmp_path):
     elapsed, cpu = time.time() - t0, time.process_time() - c0
     assert os.path.isfile(out / "fleet.png") and os.path.getsize(out / "fleet.png") > 1000
     rep = json.loads((out / "fleet.json").read_text())
+    cfg, s = rep["config"], rep["summary"]
+    init = rep["initial_heldout"]
 
     assert set(METHODS) <= set(rep["methods"])
     for m in METHODS:
         res = rep["methods"][m]
         for metric in ("dynamics", "loss"):
             curve = res["curve"][metric]
-            assert len(curve) == rep["config"]["rounds"] + 1
-            assert curve[0] == pytest.approx(rep["initial_heldout"][metric])
-            if m != "fedbuff_dp":  # the full-vector DP variant is allowed to blow up (it is finite, though)
-                assert all(c is not None and math.isfinite(c) for c in curve), (m, metric)
-        assert res["final"]["dynamics"] is not None and math.isfinite(res["final"]["dynamics"])
+            assert len(curve) == cfg["rounds"] + 1
+            assert curve[0] == pytest.approx(init[metric])
+            # every method, DP included, must stay finite (no divergence)
+            assert all(c is not None and math.isfinite(c) for c in curve), (m, metric)
 
-    s = rep["summary"]
-    # federated beats every site training alone on the fleet-wide held-out set
-    assert s["final"]["fedbuff"] < s["final"]["local"]
-    assert s["fedbuff_over_local"] < 1.0
+    f = s["final"]  # headline metric: one-step latent prediction error on all sites' held-out data
+    # the regime matters: the fleet's robot variant is new to the shipped model, so learning helps
+    for m in ("central", "fedavg", "fedbuff"):
+        assert f[m] < 0.8 * init["dynamics"], (m, f[m], init["dynamics"])
+    # pooling helps: federated beats every site training alone on the fleet-wide held-out set
+    assert f["fedbuff"] < f["local"] and f["fedavg"] < f["local"]
+    assert s["fedbuff_over_local"] < 0.95
+    # the compressed pipeline learns about as well as dense FedAvg (loose bound for the small run)
+    assert s["fedbuff_over_fedavg"] < 1.2
     # the codec's upstream bytes per update vs dense float32 FedAvg
     assert s["byte_ratio_fedavg_over_fedbuff"] >= 50.0
     assert s["bytes_per_update_fedavg"] >= 4 * rep["data"]["world_model_parameters"]
-    # DP was actually on and accounted
-    assert s["dp_epsilon"] > 0 and math.isfinite(s["dp_epsilon"])
-    assert rep["methods"]["fedbuff_dp"]["dp_releases"] == rep["config"]["rounds"]
+    assert rep["methods"]["fedbuff"]["exchanged_coordinates"] == rep["data"]["trainable_parameters"]
+    # DP was actually on, accounted (one release per round, no amplification) and did not diverge
+    dp = rep["methods"]["fedbuff_dp"]
+    assert dp["dp_releases"] == cfg["rounds"]
+    acc = RDPAccountant(target_delta=cfg["dp_delta"])
+    acc.step(cfg["dp_noise"], 1.0, cfg["rounds"])
+    assert s["dp_epsilon"] == pytest.approx(acc.epsilon(), rel=1e-6)
+    assert 0 < dp["dp_clip"] and math.isfinite(s["dp_loss_penalty"])
+    assert f["fedbuff_dp"] < 2 * init["dynamics"]
     # all methods did the same number of gradient steps (up to guarded skips)
-    for m in ("local", "fedbuff", "fedavg", "central"):
+    for m in METHODS:
         r = rep["methods"][m]
-        assert r["steps"] + r["skipped_grad"] + r["skipped_nonfinite"] == rep["gradient_steps_per_method"]
-    # ~75 s wall-clock on a loaded 2-core host (~25 s of CPU); the hard bound is on CPU time so the
-    # test is not flaky when other jobs share the cores
+        assert r["steps"] + r["skipped_grad"] + r["skipped_nonfinite"] == rep["gradient_steps_per_method"], m
+    # ~45 s wall-clock on a quiet 2-core host; the hard bound is on CPU time so the test is not flaky
+    # when other jobs share the cores
     assert cpu < 120, f"--quick used {cpu:.0f} s of CPU ({elapsed:.0f} s wall-clock)"
