@@ -166,6 +166,11 @@ def test_e2e_cli_tls_auth_fleet_sync_with_attacker(tmp_path, procs):
     assert _status(store)["state"] == "stopped"
 
 
+# Outage length: ~1 minute in the suite; the documented manual run (docs/federated.md) uses 600 s:
+#   SAKURA_OUTAGE_S=600 python -m pytest -q test/test_federated_e2e.py -k outage
+OUTAGE_S = float(os.environ.get("SAKURA_OUTAGE_S", "60"))
+
+
 @pytest.mark.slow
 def test_e2e_outage_every_spooled_delta_applied_exactly_once(tmp_path, procs):
     n = 1000
@@ -196,16 +201,18 @@ def test_e2e_outage_every_spooled_delta_applied_exactly_once(tmp_path, procs):
 
     agg.kill()  # hard crash: SuperLink, SuperExec and ServerApp all SIGKILLed
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 20:  # the robots keep learning and spooling while it is down
+    before = {r: len(sp.pending()) for r, sp in spools.items()}
+    while time.monotonic() - t0 < OUTAGE_S:  # the robots keep learning and spooling while it is down
         spool_one_each(6)
         time.sleep(2)
-    assert all(sp.pending() for sp in spools.values())
+    grown = {r: len(sp.pending()) - before[r] for r, sp in spools.items()}
+    assert all(g >= OUTAGE_S / 2 - 1 for g in grown.values()), grown  # one delta per robot every 2 s, all kept
 
     agg = AggregatorProcess(store_dir=store, port=agg.port, run_config=rc).start()
     try:
         total = sum(s - 1 for s in seq.values())
         assert wait_for(lambda: (agg.status() or {}).get("counters", {}).get("accepted_deltas", 0) >= total
-                        and not any(sp.pending() for sp in spools.values()), 120), agg.status()
+                        and not any(sp.pending() for sp in spools.values()), 120 + 2 * OUTAGE_S), agg.status()
         time.sleep(2)  # let any straggling resend arrive: it must be counted as a duplicate
         st = agg.status()
     finally:
