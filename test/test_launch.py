@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import yaml
-from helpers import NodeProcess, wait_for
+from helpers import NodeProcess
 
 from sakura_nexus import bringup
 
@@ -109,13 +109,24 @@ def test_nexus_launch_puts_params_in_place_under_a_namespace(ros_node):
         PythonLaunchDescriptionSource(str(ROOT / "launch" / "nexus.launch.py")),
         launch_arguments={"namespace": "fleet_a", "params_file": str(PARAMS), "use_sim_time": "true",
                           "autostart": "false", "with_sync": "true"}.items())]))
+    # LaunchService must run in the main thread (launch >= 3.x checks it): the parameter read-back runs
+    # in a helper thread and shuts the launch down when it is done.
     loop = asyncio.new_event_loop()
-    t = threading.Thread(target=lambda: loop.run_until_complete(ls.run_async()), daemon=True)
+    failure: list[BaseException] = []
+
+    def check():
+        try:
+            for spec in bringup.NEXUS:
+                _check_params(ros_node, f"/fleet_a/{spec.name}", _expected(spec.name), sim_time=True)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(e)
+        finally:
+            loop.call_soon_threadsafe(ls.shutdown)
+
+    t = threading.Thread(target=check, daemon=True)
     t.start()
-    try:
-        for spec in bringup.NEXUS:
-            _check_params(ros_node, f"/fleet_a/{spec.name}", _expected(spec.name), sim_time=True)
-    finally:
-        loop.call_soon_threadsafe(ls.shutdown)
-        t.join(30)
-    assert wait_for(lambda: not t.is_alive(), 5)
+    loop.run_until_complete(ls.run_async())
+    t.join(30)
+    assert not t.is_alive()
+    if failure:
+        raise failure[0]
