@@ -121,7 +121,7 @@ def test_nexus_launch_puts_params_in_place_under_a_namespace(ros_node):
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             failure.append(e)
         finally:
-            loop.call_soon_threadsafe(ls.shutdown)
+            ls.shutdown()  # thread-safe; called inside the loop it would only return a coroutine
 
     t = threading.Thread(target=check, daemon=True)
     t.start()
