@@ -92,14 +92,13 @@ class _MPCBase(Controller):
     def reset(self, goal) -> None:
         self.planner.reset()
         if self.cell_map is not None:
-            from sakura_nexus.sim.layout import occupancy_grid
+            from sakura_nexus.sim.layout import MAP_RESOLUTION, occupancy_grid
 
             from .costmap import CostToGo
 
             # the same path as policy_node: the map as an OccupancyGrid (what sim_node publishes)
-            res = 0.05
-            data, width, height, origin = occupancy_grid(self.cell_map[0], self.cell_map[1], res)
-            self.planner.set_cost_to_go(CostToGo.from_occupancy(data, width, height, res, origin, goal,
+            data, width, height, origin = occupancy_grid(self.cell_map[0], self.cell_map[1])
+            self.planner.set_cost_to_go(CostToGo.from_occupancy(data, width, height, MAP_RESOLUTION, origin, goal,
                                                                 radius=self.map_clearance))
 
     def _plan(self, z, obs: Observation) -> ControlOutput:

@@ -140,6 +140,11 @@ class MPPIPlanner:
         use = c.members is not None and _takes_members(self.dynamics)
         self._kw = {"members": int(c.members)} if use else {}
 
+    @property
+    def cost_to_go(self):
+        """The field set with :meth:`set_cost_to_go` (None: map-free)."""
+        return self._ctg
+
     def set_cost_to_go(self, field) -> None:
         """Use a map-based cost-to-go (``costmap.CostToGo`` or anything with ``sample(xy) -> (dist,
         heading)``) for the goal term; ``None`` returns to the map-free straight-line distance."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
 import cv2
 import numpy as np
@@ -88,8 +87,6 @@ class PerceptionNode(NexusNode):
         self._undistort = vision.Undistorter()
         self._cfg = vision.PreprocessConfig()
         self._last_publish = -1e18
-        self._latency: deque = deque(maxlen=300)  # ms, last 300 published frames (diagnostics window)
-        self._compute: deque = deque(maxlen=300)
         self.diag.track_rate("received", "input_rate_hz")
         self.diag.track_rate("published", "output_rate_hz")
         self._pub = None
@@ -245,12 +242,8 @@ class PerceptionNode(NexusNode):
         out.compute_time = time.perf_counter() - t0
         out.latency = self.get_clock().now().nanoseconds * 1e-9 - stamp
         self._pub.publish(out)
-        self._latency.append(out.latency * 1e3)
-        self._compute.append(out.compute_time * 1e3)
-        if self.diag.counters["published"] % 10 == 0:  # refresh the window figures every 10 frames
-            for name, w in (("latency_ms", self._latency), ("inference_ms", self._compute)):
-                a = np.asarray(w)
-                self.diag.set(name, {"mean": round(float(a.mean()), 3), "p99": round(float(np.percentile(a, 99)), 3)})
+        self.diag.sample("latency_ms", out.latency * 1e3)  # mean / p99 over the last 300 frames
+        self.diag.sample("inference_ms", out.compute_time * 1e3)
         self._last_publish = stamp
         self.diag.count("published")
 

@@ -250,8 +250,9 @@ class PolicyNode(NexusNode):
             return
         planner = MPPIPlanner(model, self._mppi_config())
         with self._lock:
+            if self._planner is not None:  # the field depends on map and goal only: keep it
+                planner.set_cost_to_go(self._planner.cost_to_go)
             self._model, self._planner = model, planner
-        self._ctg_request.set()  # the new planner needs the cost-to-go too
         self.diag.count("model_update_applied")
         self.diag.set("world_model_version", msg.version)
 

@@ -53,6 +53,7 @@ from sakura_nexus.params import SIM
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
 from sakura_nexus.sim import TOPICS, WHEEL_JOINTS, CellConfig, FactoryCell, occupancy_grid
+from sakura_nexus.sim.layout import MAP_RESOLUTION
 
 STATE_RATE = 100.0  # Hz of sim time: /clock, odom, joint_states, contacts
 # Message type of every topic in TOPICS (config/gz_bridge.yaml must agree: test_gazebo_assets).
@@ -292,7 +293,7 @@ class SimNode(NexusNode):
         msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
         return msg
 
-    def _publish_map(self, cell: FactoryCell, resolution: float = 0.05) -> None:
+    def _publish_map(self, cell: FactoryCell, resolution: float = MAP_RESOLUTION) -> None:
         """The static map of the cell (what a map_server would provide), latched."""
         data, width, height, origin = occupancy_grid(cell.layout, cell.size[0], resolution)
         msg = OccupancyGrid()
@@ -302,7 +303,7 @@ class SimNode(NexusNode):
         msg.info.width, msg.info.height = int(width), int(height)
         msg.info.origin.position.x, msg.info.origin.position.y = float(origin[0]), float(origin[1])
         msg.info.origin.orientation.w = 1.0
-        msg.data = data.astype("int8").tolist()
+        msg.data = data.tolist()
         self._pubs["map"].publish(msg)
 
     def _publish_image(self, cell: FactoryCell, info: CameraInfo) -> None:

@@ -16,9 +16,10 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import MultiThreadedExecutor
@@ -45,6 +46,7 @@ class Diagnostics:
         self._level_fn: Callable[[], tuple[int, str]] | None = None
         self._rates: dict[str, str] = {}  # counter -> value name
         self._rate_mark: tuple[float, Counter] | None = None
+        self._windows: dict[str, deque] = {}  # value name -> last samples (summarised in status())
         self._timer = node.create_timer(period, self.publish)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -57,6 +59,21 @@ class Diagnostics:
     def track_rate(self, counter: str, name: str) -> None:
         """Report the rate of ``counter`` (per second of wall time since the last publication) as ``name``."""
         self._rates[counter] = name
+
+    def sample(self, name: str, value: float, window: int = 300) -> None:
+        """Add a sample; ``name`` is reported as {mean, p99} over the last ``window`` samples. Cheap on the
+        hot path (an append); the summary is computed when diagnostics are published."""
+        with self._lock:  # samples come from worker threads, the summary from the executor
+            w = self._windows.get(name)
+            if w is None:
+                w = self._windows[name] = deque(maxlen=window)
+            w.append(float(value))
+
+    def _update_windows(self) -> None:
+        with self._lock:
+            snap = {name: np.array(w) for name, w in self._windows.items() if w}
+        for name, a in snap.items():
+            self.values[name] = {"mean": round(float(a.mean()), 3), "p99": round(float(np.percentile(a, 99)), 3)}
 
     def _update_rates(self) -> None:
         if not self._rates:
@@ -80,6 +97,7 @@ class Diagnostics:
 
     def status(self) -> DiagnosticStatus:
         self._update_rates()
+        self._update_windows()
         level, message = self._level_fn() if self._level_fn else (OK, "ok")
         with self._lock:
             items = sorted(self.counters.items())

@@ -320,7 +320,10 @@ def sample_free_pose(rng, obstacles: Sequence[Obstacle], size: float, robot_radi
     raise RuntimeError(f"no free pose with clearance {clearance} m found in {max_tries} tries")
 
 
-def occupancy_grid(obstacles, size: float, resolution: float = 0.05) -> tuple[np.ndarray, int, int, tuple]:
+MAP_RESOLUTION = 0.05  # m per cell of the static map (sim_node's `map`, the evaluation's cost-to-go)
+
+
+def occupancy_grid(obstacles, size: float, resolution: float = MAP_RESOLUTION) -> tuple[np.ndarray, int, int, tuple]:
     """The cell's static map as ``nav_msgs/OccupancyGrid`` carries it: (data int8 row-major, width,
     height, origin (x, y) of the lower-left corner in the odom frame). Covers the floor inside the
     walls; a cell is 100 (occupied) if its centre lies inside an obstacle footprint, else 0."""
