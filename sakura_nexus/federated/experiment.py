@@ -58,7 +58,6 @@ import numpy as np
 __all__ = ["METHODS", "ExperimentConfig", "SiteSpec", "default_sites", "experiment_main", "run_experiment"]
 
 METHODS = ("local", "fedbuff", "fedbuff_keep_local", "fedavg", "central", "fedbuff_dp")
-TRAINABLE = ("dynamics.", "collision_head.")  # what OnlineLearner(trainable="dynamics") trains
 PRIMARY = "dynamics"  # the headline metric: normalised one-step latent prediction error
 
 
@@ -256,7 +255,10 @@ def exchange_mask(model, exchange: str) -> np.ndarray:
         return np.ones(sum(p.numel() for p in model.parameters()), bool)
     if exchange != "trainable":
         raise ValueError(f"exchange must be 'trainable' or 'all', got {exchange!r}")
-    return np.concatenate([np.full(p.numel(), n.startswith(TRAINABLE), bool) for n, p in model.named_parameters()])
+    from sakura_nexus.models.online import TRAINABLE_PREFIXES
+
+    return np.concatenate([np.full(p.numel(), n.startswith(TRAINABLE_PREFIXES), bool)
+                           for n, p in model.named_parameters()])
 
 
 def dp_clip_for(cfg: ExperimentConfig, model) -> float:

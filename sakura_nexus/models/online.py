@@ -29,6 +29,8 @@ from .serialization import PayloadError, atomic_write, load_into, pack_state, un
 from .world_model import WorldModel, world_model_from_bytes
 
 _CKPT = re.compile(r"^online-(\d{8})\.ckpt$")
+# parameters that learn online with trainable="dynamics" (the default; the fleet exchanges these)
+TRAINABLE_PREFIXES = ("dynamics.", "collision_head.")
 
 
 @dataclass
@@ -94,7 +96,7 @@ class OnlineLearner:
         self._train_lock = threading.Lock()  # one train_step at a time
         self._names = [n for n, _ in model.named_parameters()]
         learn = [(n, p) for n, p in model.named_parameters()
-                 if trainable == "all" or n.startswith(("dynamics.", "collision_head."))]
+                 if trainable == "all" or n.startswith(TRAINABLE_PREFIXES)]
         self._params = [p for _, p in learn]
         for p in model.parameters():
             p.requires_grad_(any(p is q for q in self._params))
