@@ -6,10 +6,11 @@ clock), so the harness' own scheduling does not enter the numbers:
 
 - latency image -> command: from the *source* timestamp of each image (taken here as a raw, serialized
   message: only its stamp is parsed; rendering happens before it and is excluded) to the *reception*
-  timestamp here of the ``plan`` carrying that image stamp (policy_node publishes it right after the cmd_vel planned
-  from that image). p50 / p99; targets p50 <= 8 ms, p99 <= 20 ms;
-- per hop (source timestamps): image -> Observation, Observation -> WorldState, WorldState -> plan,
-  plan delivery; compute inside each hop (Observation.compute_time per frame, world_model ``tick_ms``
+  timestamp here of the cmd_vel planned from that image (matched through the ``plan`` carrying the
+  image stamp, which policy_node publishes right after that command: ``demo.MissionLog.commands``).
+  p50 / p99; targets p50 <= 8 ms, p99 <= 20 ms;
+- per hop (source timestamps): image -> Observation, Observation -> WorldState, WorldState -> cmd_vel,
+  cmd_vel delivery; compute inside each hop (Observation.compute_time per frame, world_model ``tick_ms``
   and policy ``plan_ms`` sampled from /diagnostics); transport (+ executor + scheduling) = the rest.
   Target: transport <= 25 % of the total;
 - control ticks missed: cmd_vel publication gaps > 1.5 control periods;
@@ -54,11 +55,11 @@ def temporary_models(directory: pathlib.Path) -> pathlib.Path:
 
 def hop_table(log, t0_ns: int, t1_ns: int, diag: dict) -> dict:
     """Per-frame hop durations (ms) for every image stamp seen end to end inside the window."""
-    keys = [k for k in log.plan_rx if log.start_ns(k) is not None and k in log.obs_src and k in log.ws_src
-            and k in log.plan_src and t0_ns <= log.start_ns(k) <= t1_ns]
+    cmds = log.commands()
+    keys = [k for k in cmds if k in log.obs_src and k in log.ws_src and t0_ns <= log.start_ns(k) <= t1_ns]
     keys.sort()
     arr = np.array([(log.obs_src[k] - log.start_ns(k), log.ws_src[k] - log.obs_src[k],
-                     log.plan_src[k] - log.ws_src[k], log.plan_rx[k] - log.plan_src[k]) for k in keys],
+                     cmds[k][0] - log.ws_src[k], cmds[k][1] - cmds[k][0]) for k in keys],
                    float).reshape(-1, 4) * 1e-6
     comp_obs = np.array([log.obs_compute[k] for k in keys], float) * 1e3
     total = arr.sum(axis=1)
@@ -248,7 +249,7 @@ def plot(data, lat_rx, arr, comp_obs, log, t0_ns, t1_ns, path):
     ax[1].barh(y, comp, color="tab:blue", label="compute")
     ax[1].barh(y, rest, left=comp, color="tab:gray", label="transport + executor + waiting for CPU")
     ax[1].set_yticks(y, ["image -> perception\n-> Observation", "-> world_model\n-> WorldState",
-                         "-> policy\n-> cmd_vel + plan", "plan delivery"])
+                         "-> policy\n-> cmd_vel", "cmd_vel delivery"])
     ax[1].invert_yaxis()
     ax[1].set_xlabel("mean ms per frame")
     ax[1].legend(fontsize=8, loc="lower right")

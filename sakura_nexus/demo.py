@@ -15,8 +15,9 @@ The pieces are reusable (test/test_e2e.py, bench/bench_closed_loop.py)::
 
 Latency is measured with DDS sample timestamps (rclpy MessageInfo), not with callback times of this
 process: from the *source* timestamp of the camera_info that sim_node publishes right after the image
-(rendering is before it and excluded) to the *reception* timestamp of the ``plan`` carrying the same
-image stamp, which policy_node publishes right after the cmd_vel planned from that image.
+(rendering is before it and excluded) to the *reception* timestamp of the cmd_vel planned from that
+image. cmd_vel (Twist) has no stamp: it is matched through the ``plan`` with the image's stamp, which
+policy_node publishes from the same callback right after the command (``MissionLog.commands``).
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ class MissionLog:
     plan_rx: dict = field(default_factory=dict)
     plan_poses: dict = field(default_factory=dict)     # number of poses in each plan (MPC: the horizon)
     cmd_src: list = field(default_factory=list)        # source timestamps (ns) of every cmd_vel
+    cmd_rx: list = field(default_factory=list)         # ... and its reception time here (same order)
     diag: dict = field(default_factory=dict)           # node -> key -> list of float samples
     window: list | None = None                         # [t0_ns, t1_ns]: only stamps inside count
     t0: float | None = None                            # sim time the mission started driving
@@ -210,15 +212,35 @@ class MissionLog:
         t = self.image_src.get(key)
         return t if t is not None else self.info_src.get(key)
 
-    def latency_s(self, which: str = "rx") -> np.ndarray:
-        """Image -> command latencies (s): ``rx`` to the reception of the plan (as received by a
-        consumer), ``src`` to its publication (cmd_vel goes out just before the plan)."""
-        end = self.plan_rx if which == "rx" else self.plan_src
-        out = []
-        for k in sorted(end):
+    def commands(self) -> dict:
+        """Image stamp -> (source, reception) DDS timestamps (ns) of the cmd_vel planned from that image.
+
+        cmd_vel carries no stamp (geometry_msgs/Twist), so it is matched through the plan: policy_node
+        publishes the command, then the plan with the image's stamp, from the same callback (nothing
+        else publishes cmd_vel in between), so the command is the newest one sent before the plan and
+        after the image."""
+        if not self.cmd_src or len(self.cmd_rx) != len(self.cmd_src):
+            return {}
+        order = np.argsort(np.asarray(self.cmd_src, np.int64), kind="stable")
+        src = np.asarray(self.cmd_src, np.int64)[order]
+        rx = np.asarray(self.cmd_rx, np.int64)[order]
+        out = {}
+        for k, plan_t in self.plan_src.items():
+            i = int(np.searchsorted(src, plan_t, side="right")) - 1
             t0 = self.start_ns(k)
-            if t0 is not None and self._in_window(t0):
-                out.append((end[k] - t0) * 1e-9)
+            if i >= 0 and t0 is not None and src[i] >= t0:
+                out[k] = (int(src[i]), int(rx[i]))
+        return out
+
+    def latency_s(self, which: str = "rx") -> np.ndarray:
+        """Image -> cmd_vel latencies (s): ``rx`` to the reception of the command here (as the robot
+        driver would receive it), ``src`` to its publication."""
+        cmds = self.commands()
+        out = []
+        for k in sorted(cmds):
+            t0 = self.start_ns(k)
+            if self._in_window(t0):
+                out.append((cmds[k][1 if which == "rx" else 0] - t0) * 1e-9)
         return np.array(out)
 
     def _in_window(self, t_ns: int) -> bool:
@@ -369,8 +391,9 @@ class Mission:
 
     def _on_cmd(self, m, info):
         self.log.cmd_src.append(info["source_timestamp"])
+        self.log.cmd_rx.append(info["received_timestamp"])
         if len(self.log.cmd_src) > 200000:
-            del self.log.cmd_src[:100000]
+            del self.log.cmd_src[:100000], self.log.cmd_rx[:100000]
 
     def _on_sync(self, m):
         self.log.sync.append((self.now(), int(m.global_version), int(m.bytes_sent), int(m.pending_deltas)))
@@ -651,8 +674,8 @@ def summarise(log: MissionLog, extra: dict | None = None, control_rate: float = 
     s = {
         "goals": len(log.goals), "goals_reached": sum(g["reached"] for g in log.goals),
         "collisions": log.collisions,
-        "latency_ms": {"what": "image published (DDS source time) -> plan received (DDS reception time; "
-                               "cmd_vel goes out just before the plan)",
+        "latency_ms": {"what": "image published (DDS source time) -> the cmd_vel planned from it received "
+                               "(DDS reception time)",
                        "n": int(lat.size), "p50": q(lat, 50), "p99": q(lat, 99), "max": q(lat, 100)},
         "control": cmd_gaps(log.cmd_src, 1.0 / control_rate),
         "world_states": len(log.surprise),

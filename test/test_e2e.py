@@ -132,13 +132,18 @@ def test_report_and_summary_from_a_mission_log(tmp_path):
         log.info_src[k] = 1_000_000_000 + i * 33_000_000
         log.plan_rx[k] = log.info_src[k] + int(rng.uniform(4e6, 12e6))
         log.plan_src[k] = log.plan_rx[k] - 200_000
-    log.cmd_src = [1_000_000_000 + i * 33_000_000 for i in range(300)]
+        log.cmd_src.append(log.plan_src[k] - 900_000)   # the command goes out just before its plan
+        log.cmd_rx.append(log.plan_rx[k] - 900_000)
+        log.cmd_src.append(log.info_src[k] + 30_000_000)  # a timer command between frames: not matched
+        log.cmd_rx.append(log.info_src[k] + 30_100_000)
+    cmds = log.commands()
+    assert len(cmds) == 300 and all(cmds[k][1] == log.plan_rx[k] - 900_000 for k in cmds)
     log.goals = [{"goal": [1.0, 0.5, 0.0], "reached": True, "time_s": 5.0, "t_end": 15.0, "collisions": 0},
                  {"goal": [-1.0, -2.0, 0.0], "reached": False, "time_s": 5.0, "t_end": 20.0, "collisions": 1}]
     log.collisions, log.collision_at = 1, [(18.0, 0.5, 0.2)]
     s = summarise(log, {"seed": 0, "controller": "mpc"})
     assert s["goals"] == 2 and s["goals_reached"] == 1 and s["collisions"] == 1
-    assert s["latency_ms"]["n"] == 300 and 4.0 <= s["latency_ms"]["p50"] <= 12.0
+    assert s["latency_ms"]["n"] == 300 and 3.0 <= s["latency_ms"]["p50"] <= 11.2
     assert s["control"]["missed_ticks"] == 0
     json.dumps(s)
     png = write_report(tmp_path, log, list(generate_layout(CellConfig(seed=0)).obstacles), s)

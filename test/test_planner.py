@@ -109,6 +109,21 @@ def test_one_batched_rollout_per_iteration_and_shapes():
         assert k in res.info
 
 
+def test_deferred_evaluation_equals_evaluating_in_plan():
+    # policy_node plans with evaluate=False, sends the command, then evaluates: same action, same plan
+    wm = StandInWorldModel(hidden=16, ensemble=3)
+    cfg = MPPIConfig(samples=32, horizon=8, members=1)
+    now = MPPIPlanner(wm, cfg).plan(wm.encode_state((0, 0, 0)), (2.0, 1.0, 0.0))
+    planner = MPPIPlanner(wm, cfg)
+    later = planner.plan(wm.encode_state((0, 0, 0)), (2.0, 1.0, 0.0), evaluate=False)
+    assert not later.evaluated and now.evaluated and later.action == now.action
+    planner.evaluate(wm.encode_state((0, 0, 0)), later)
+    assert later.evaluated and later.info["sigma0"] == now.info["sigma0"] > 0.0
+    np.testing.assert_array_equal(later.predicted_poses, now.predicted_poses)
+    np.testing.assert_array_equal(later.actions, now.actions)
+    assert later.actions.shape == (8, 2) and tuple(later.actions[0]) == pytest.approx(later.action)
+
+
 def test_warm_start_shifts_previous_solution():
     p = MPPIPlanner(PointDynamics(), MPPIConfig(samples=32, horizon=8))
     p.plan(z0(), (2.0, 1.0, 0.0))

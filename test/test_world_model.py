@@ -96,6 +96,22 @@ def test_pose_is_readable_from_the_latent_and_step_matches_rollout():
     assert torch.allclose(z1, zs[:, 0], atol=1e-6) and torch.allclose(s1, ss[:, 0], atol=1e-6)
 
 
+def test_scripted_inference_rollout_equals_the_eager_loop():
+    # without grad the horizon loop runs as TorchScript (planner speed); with grad it is the eager
+    # loop the training losses differentiate through: both must give the same latents
+    torch.manual_seed(3)
+    model = WorldModel()
+    z = model.encode(torch.randn(16, 64), torch.randn(16, 6))
+    actions = torch.randn(16, 7, 2) * 0.3
+    eager = model.rollout_members(z, actions).detach()
+    with torch.inference_mode():
+        scripted = model.rollout_members(z, actions)
+        one = model.rollout_members(z, actions, members=1)
+    assert scripted.shape == (5, 16, 7, 32) and one.shape == (1, 16, 7, 32)
+    torch.testing.assert_close(scripted, eager, rtol=0, atol=1e-6)
+    torch.testing.assert_close(one, eager[:1], rtol=0, atol=1e-6)
+
+
 def test_dynamics_are_translation_and_rotation_invariant():
     """The body-frame displacement is rotated into odom: moving/rotating the start moves the
     prediction rigidly."""

@@ -84,6 +84,8 @@ class PlanResult:
     predicted_poses: np.ndarray                 # (H, 3) weighted-mean predicted poses of the samples
     cost: float                                 # cost of the best sample of the last iteration
     info: dict = field(default_factory=dict)    # risk0, sigma0, risk_max, ess, plan_ms, terms...
+    actions: np.ndarray | None = None           # (H, 2) the planned action sequence (action = actions[0])
+    evaluated: bool = False                     # predicted_poses / risk / sigma from the full ensemble
 
 
 def _takes_members(dynamics) -> bool:
@@ -162,12 +164,15 @@ class MPPIPlanner:
         return self._mean.clone()
 
     # ---- planning --------------------------------------------------------------------------------
-    def plan(self, z, goal_xyz_yaw, prev_action=None, position=None) -> PlanResult:
+    def plan(self, z, goal_xyz_yaw, prev_action=None, position=None, evaluate: bool | None = None) -> PlanResult:
         """Plan from latent ``z`` (Z,) or (1, Z) toward ``goal`` (x, y[, yaw]); yaw NaN/missing = any.
 
         ``prev_action``: the command actually applied last (defaults to the previous plan's action);
         it anchors the smoothness and acceleration constraints. ``position``: the current (x, y), only
-        used by the visited-position memory (w_memory > 0); defaults to the pose head on ``z``."""
+        used by the visited-position memory (w_memory > 0); defaults to the pose head on ``z``.
+        ``evaluate`` (default ``config.evaluate_plan``): roll the chosen plan through the full ensemble
+        now; ``False`` returns the sample-weighted means instead, and :meth:`evaluate` can do it later
+        (policy_node sends the command first: the action does not depend on the evaluation)."""
         t0 = time.perf_counter()
         c = self.config
         with torch.inference_mode():
@@ -200,35 +205,48 @@ class MPPIPlanner:
                 best = (wts, poses, risk, sigma, cost, terms)
             wts, poses, risk, sigma, cost, terms = best
             self._mean = self._feasible(self._mean[None])[0]
-            action = self._mean[0].clone()
-            if c.evaluate_plan:
-                # the plan itself through the full ensemble (B = 1): its poses, contact risk and
-                # disagreement are what gets published and what the safety layer gates on
-                zp, sp = self.dynamics.rollout(z, self._mean[None])
-                pred = self.dynamics.pose(zp)[0].to(self.dtype)
-                risk_p, sig_p = self.dynamics.collision(zp)[0].to(self.dtype), sp[0].to(self.dtype)
-            else:
-                # weighted means over the samples (yaw as a circular mean)
-                pred = (wts[:, None, None] * poses).sum(0)
-                pred[:, 2] = torch.atan2((wts[:, None] * poses[..., 2].sin()).sum(0),
-                                         (wts[:, None] * poses[..., 2].cos()).sum(0))
-                risk_p, sig_p = (wts[:, None] * risk).sum(0), (wts[:, None] * sigma).sum(0)
-            pred, risk_p, sig_p = pred.nan_to_num(0.0), risk_p.nan_to_num(1.0), sig_p.nan_to_num(math.inf)
+            plan = self._mean.clone()
+            # weighted means over the samples (yaw as a circular mean)
+            pred = (wts[:, None, None] * poses).sum(0)
+            pred[:, 2] = torch.atan2((wts[:, None] * poses[..., 2].sin()).sum(0),
+                                     (wts[:, None] * poses[..., 2].cos()).sum(0))
+            risk_p, sig_p = (wts[:, None] * risk).sum(0), (wts[:, None] * sigma).sum(0)
             info = {
-                "risk0": float(risk_p[0]),
-                "risk_max": float(risk_p.max()),
-                "sigma0": float(sig_p[0]),
-                "sigma_mean": float(sig_p.mean()),
                 "ess": float(1.0 / (wts * wts).sum()),
                 "best_cost": float(cost.min()),
                 "terms": {k: float((wts * v).sum()) for k, v in terms.items()},
             }
             # warm start for the next call: shift by one step, repeat the last action
             self._mean = torch.cat([self._mean[1:], self._mean[-1:]], 0)
-            self._prev = action
+            self._prev = plan[0].clone()
+        result = PlanResult((float(plan[0, 0]), float(plan[0, 1])), np.zeros((0, 3)), info["best_cost"], info,
+                            actions=plan.numpy())
+        self._set_prediction(result, pred, risk_p, sig_p)
+        if c.evaluate_plan if evaluate is None else evaluate:
+            self.evaluate(z, result)
         info["plan_ms"] = (time.perf_counter() - t0) * 1e3
-        return PlanResult((float(action[0]), float(action[1])), pred.numpy().astype(np.float64),
-                          info["best_cost"], info)
+        return result
+
+    def evaluate(self, z, result: PlanResult) -> PlanResult:
+        """Roll ``result.actions`` from ``z`` through the full ensemble (B = 1) and replace the predicted
+        poses, contact risk (risk0, risk_max) and disagreement (sigma0, sigma_mean) of ``result`` with
+        the plan's own: what gets published, and what the ROS-free episode's safety layer gates on."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            z = torch.as_tensor(z, dtype=self.dtype).reshape(1, -1)
+            zp, sp = self.dynamics.rollout(z, torch.as_tensor(result.actions, dtype=self.dtype)[None])
+            self._set_prediction(result, self.dynamics.pose(zp)[0].to(self.dtype),
+                                 self.dynamics.collision(zp)[0].to(self.dtype), sp[0].to(self.dtype))
+        result.evaluated = True
+        result.info["evaluate_ms"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    @staticmethod
+    def _set_prediction(result: PlanResult, pred, risk_p, sig_p) -> None:
+        pred, risk_p, sig_p = pred.nan_to_num(0.0), risk_p.nan_to_num(1.0), sig_p.nan_to_num(math.inf)
+        result.predicted_poses = pred.numpy().astype(np.float64)
+        result.info.update(risk0=float(risk_p[0]), risk_max=float(risk_p.max()), sigma0=float(sig_p[0]),
+                           sigma_mean=float(sig_p.mean()))
 
     def _feasible(self, acts: torch.Tensor) -> torch.Tensor:
         """Clamp to the action box and (optionally) to per-step rate limits from the previous action."""
