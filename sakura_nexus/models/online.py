@@ -281,30 +281,6 @@ class OnlineLearner:
                     "base_version": self.base_version, "samples_since_base": self.samples_since_base}
 
 
-def deprioritise_current_thread(switch_interval_s: float | None = 0.0005) -> str:
-    """Call at the start of a background learning thread so that it only uses CPU time nobody else
-    wants. On Linux the thread gets the SCHED_IDLE policy: any normal thread waking on the same core
-    (a tick) preempts it at once, where a nice-19 thread would keep the core for up to a scheduler
-    slice. Where SCHED_IDLE is refused it falls back to nice 19. The interpreter's GIL switch
-    interval is shortened (process-wide) so a woken tick waits at most ~0.5 ms for the GIL.
-    Returns the policy applied: "idle", "nice" or "none"."""
-    import sys
-
-    if switch_interval_s is not None:
-        sys.setswitchinterval(switch_interval_s)
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
-        return "nice"
-    except (AttributeError, OSError):
-        return "none"
-
-
 def _checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
     """(sequence, path) of online checkpoints, newest first."""
     try:

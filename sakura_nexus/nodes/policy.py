@@ -30,6 +30,7 @@ from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.models.world_model import world_model_from_bytes
 from sakura_nexus.msg import ModelUpdate, WorldState
 from sakura_nexus.params import POLICY
+from sakura_nexus.priority import deprioritise_current_thread
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, state_qos
 
@@ -192,6 +193,9 @@ class PolicyNode(NexusNode):
         hands it to the planner. Until it is ready the planner uses the straight-line goal term."""
         from sakura_nexus.control.costmap import CostToGo
 
+        # a build holds the GIL in short numpy steps for up to 0.5 s: the plans on the executor thread
+        # must not wait for it (SCHED_IDLE + a 0.5 ms GIL switch interval, as the world model's learner)
+        self.diag.set("cost_to_go_thread_policy", deprioritise_current_thread())
         while not self._stop.is_set():
             if not self._ctg_request.wait(0.5):
                 continue

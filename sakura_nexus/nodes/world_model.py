@@ -34,10 +34,11 @@ from std_msgs.msg import Bool
 
 from sakura_nexus.federated import codecs
 from sakura_nexus.models.checkpoint import load_checkpoint
-from sakura_nexus.models.online import OnlineLearner, Transition, deprioritise_current_thread
+from sakura_nexus.models.online import OnlineLearner, Transition
 from sakura_nexus.models.serialization import PayloadError, atomic_write
 from sakura_nexus.msg import ModelDelta, ModelUpdate, Observation, WorldState
 from sakura_nexus.params import WORLD_MODEL
+from sakura_nexus.priority import deprioritise_current_thread
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, state_qos
 
