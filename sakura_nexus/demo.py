@@ -23,6 +23,7 @@ policy_node publishes from the same callback right after the command (``MissionL
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -202,7 +203,7 @@ class MissionLog:
     plan_poses: dict = field(default_factory=dict)     # number of poses in each plan (MPC: the horizon)
     cmd_src: list = field(default_factory=list)        # source timestamps (ns) of every cmd_vel
     cmd_rx: list = field(default_factory=list)         # ... and its reception time here (same order)
-    diag: dict = field(default_factory=dict)           # node -> key -> list of float samples
+    diag: dict = field(default_factory=dict)           # node -> key -> [(wall ns, reported value)]
     window: list | None = None                         # [t0_ns, t1_ns]: only stamps inside count
     t0: float | None = None                            # sim time the mission started driving
 
@@ -402,11 +403,14 @@ class Mission:
         for st in m.status:
             node = st.hardware_id
             for kv in st.values:
-                if kv.key in ("tick_ms", "plan_ms"):
+                if kv.key in ("tick_ms", "plan_ms", "callback_ms"):
+                    # windowed {mean, p99} (Diagnostics.sample) -> the mean; a plain number as it is
                     try:
-                        self.log.diag.setdefault(node, {}).setdefault(kv.key, []).append(float(kv.value))
-                    except ValueError:
-                        pass
+                        v = ast.literal_eval(kv.value)
+                        v = float(v["mean"] if isinstance(v, dict) else v)
+                    except (ValueError, SyntaxError, KeyError, TypeError):
+                        continue
+                    self.log.diag.setdefault(node, {}).setdefault(kv.key, []).append((time.time_ns(), v))
 
     def goal_subscribers(self) -> int:
         return self._goal_pub.get_subscription_count()

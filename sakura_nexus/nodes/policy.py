@@ -66,6 +66,7 @@ class PolicyNode(NexusNode):
         self._pose: tuple[float, float, float] | None = None
         self._target = (0.0, 0.0)
         self._last_pub = -math.inf               # node-clock time of the last cmd_vel
+        self._callback_t0 = 0.0                  # perf_counter() at the start of the world_state callback
         self._goal_reached = False
         self._pub = self._plan_pub = None
         self._map: OccupancyGrid | None = None
@@ -261,6 +262,7 @@ class PolicyNode(NexusNode):
         self.diag.set("world_model_version", msg.version)
 
     def _on_world_state(self, msg: WorldState) -> None:
+        self._callback_t0 = time.perf_counter()
         stamp = _stamp_s(msg.header.stamp)
         if not all(map(math.isfinite, (msg.pose_x, msg.pose_y, msg.uncertainty, msg.collision_risk))):
             self.drop("nan_world_state")
@@ -303,7 +305,7 @@ class PolicyNode(NexusNode):
 
             def finish():
                 return planner.evaluate(z, res).predicted_poses
-        self.diag.set("plan_ms", round((time.perf_counter() - t0) * 1e3, 3))
+        self.diag.sample("plan_ms", (time.perf_counter() - t0) * 1e3)  # mean / p99 over the last 300 plans
         return action, finish
 
     def _path(self, stamp, poses) -> Path:
@@ -353,6 +355,8 @@ class PolicyNode(NexusNode):
             out.twist = twist
         else:
             out = twist
+        if stamp is not None:  # planned from a world_state: the whole callback up to this publish
+            self.diag.sample("callback_ms", (time.perf_counter() - self._callback_t0) * 1e3)
         self._pub.publish(out)
         self.diag.count("cmd_published")
 
