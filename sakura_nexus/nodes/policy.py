@@ -108,6 +108,8 @@ class PolicyNode(NexusNode):
         try:
             self._model = load_world_model(p.checkpoint)
             self._planner = MPPIPlanner(self._model, self._mppi_config())
+            warm = self._planner.warm_up(self._model.config.latent_dim)
+            self.get_logger().info(f"planner warmed up in {warm * 1e3:.0f} ms")
         except Exception as e:  # noqa: BLE001
             if p.controller == "mpc":
                 self.get_logger().error(f"cannot load world model: {e}")
