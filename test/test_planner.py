@@ -124,6 +124,16 @@ def test_deferred_evaluation_equals_evaluating_in_plan():
     assert later.actions.shape == (8, 2) and tuple(later.actions[0]) == pytest.approx(later.action)
 
 
+def test_warm_up_leaves_the_planner_as_new():
+    wm = StandInWorldModel(hidden=16, ensemble=2)
+    z = wm.encode_state((0, 0, 0))
+    fresh = MPPIPlanner(wm, MPPIConfig(samples=16, horizon=6)).plan(z, (2.0, 1.0, 0.0))
+    warmed = MPPIPlanner(wm, MPPIConfig(samples=16, horizon=6))
+    assert warmed.warm_up(z.shape[-1]) > 0.0
+    assert torch.count_nonzero(warmed.mean_actions) == 0     # reset: no warm start from the dummy plans
+    assert warmed.plan(z, (2.0, 1.0, 0.0)).action == fresh.action  # same seed, same first plan
+
+
 def test_warm_start_shifts_previous_solution():
     p = MPPIPlanner(PointDynamics(), MPPIConfig(samples=32, horizon=8))
     p.plan(z0(), (2.0, 1.0, 0.0))
