@@ -14,7 +14,7 @@ import pytest
 
 from sakura_nexus.federated import FedBuffAggregator, FedBuffConfig, Spool, check_egress, decode, encode
 from sakura_nexus.federated.egress import load_audit, write_audit
-from sakura_nexus.federated.launcher import SuperNodeSupervisor, _proc_start_ticks
+from sakura_nexus.federated.launcher import SuperNodeSupervisor, _ephemeral_range, _proc_start_ticks, free_port
 from sakura_nexus.federated.uplink import DeltaUplink
 
 N = 500
@@ -235,3 +235,18 @@ def test_supernode_supervisor_restarts_kills_stale_and_stops_the_tree(tmp_path):
     sup2.stop()
     assert not _alive(pid2) and all(not _alive(k) for k in kids2)
     assert sup2.poll() == "stopped" and not os.path.exists(sup2.pidfile)
+
+
+def test_free_port_is_bindable_and_outside_the_ephemeral_range():
+    # ports inside the ephemeral range can be taken as the source port of any outgoing connection
+    # between choosing and binding (a SuperNode's HTTP API failed that way once in CI)
+    import socket
+
+    lo, hi = _ephemeral_range()
+    ports = {free_port() for _ in range(20)}
+    for port in ports:
+        assert not lo <= port <= hi or lo <= 20000, port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+    assert len(ports) > 1  # random, so concurrent tests do not all race for one port
+

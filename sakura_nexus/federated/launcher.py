@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -73,7 +74,33 @@ __all__ = [
 # --------------------------------------------------------------------------- environment
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(v) for v in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now, for a server process started next.
+
+    Chosen *below* the kernel's ephemeral range. A port the kernel hands out for ``bind(0)`` lies
+    inside it, where any outgoing connection (gRPC clients of other SuperNodes, say) can take it as
+    its source port before the server binds (a SuperNode failed with "address already in use" that
+    way in a CI run). Falls back to ``bind(0)`` where the range leaves no room."""
+    lo, _ = _ephemeral_range()
+    if lo > 20000:
+        rng = random.Random()  # not the global generator: callers may have seeded it
+        for _ in range(200):
+            port = rng.randrange(15000, lo)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
