@@ -112,6 +112,24 @@ def test_scripted_inference_rollout_equals_the_eager_loop():
     torch.testing.assert_close(one, eager[:1], rtol=0, atol=1e-6)
 
 
+def test_rollout_falls_back_to_the_eager_loop_without_torchscript(monkeypatch):
+    import sakura_nexus.models.world_model as wm_module
+
+    def no_torchscript(fn):
+        raise RuntimeError("TorchScript unavailable")
+
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    monkeypatch.setattr(wm_module, "_SCRIPTED", [])  # the compiled loop of other tests is not reused
+    torch.manual_seed(4)
+    model = WorldModel()
+    z, actions = model.encode(torch.randn(3, 64), torch.randn(3, 6)), torch.randn(3, 4, 2) * 0.3
+    eager = model.rollout_members(z, actions).detach()
+    with torch.inference_mode():
+        fallback = model.rollout_members(z, actions)
+    assert wm_module._SCRIPTED == [wm_module._rollout_loop]
+    torch.testing.assert_close(fallback, eager, rtol=0, atol=1e-6)
+
+
 def test_dynamics_are_translation_and_rotation_invariant():
     """The body-frame displacement is rotated into odom: moving/rotating the start moves the
     prediction rigidly."""

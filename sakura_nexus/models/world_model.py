@@ -135,9 +135,13 @@ _SCRIPTED: list = []
 
 
 def _scripted_loop():
-    """:func:`_rollout_loop` compiled on first use (not at import: ~0.1 s)."""
+    """:func:`_rollout_loop` compiled on first use (not at import: ~0.1 s). TorchScript is deprecated
+    as of torch 2.13; where it cannot compile, the same function runs eagerly (only slower)."""
     if not _SCRIPTED:
-        _SCRIPTED.append(torch.jit.script(_rollout_loop))
+        try:
+            _SCRIPTED.append(torch.jit.script(_rollout_loop))
+        except Exception:  # noqa: BLE001 - any TorchScript failure: fall back to the eager loop
+            _SCRIPTED.append(_rollout_loop)
     return _SCRIPTED[0]
 
 
