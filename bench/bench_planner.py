@@ -94,10 +94,10 @@ def main(argv=None) -> int:
     # the node's default configuration with a map: cost-to-go + clearance from an occupancy grid
     if wm is not None:
         from sakura_nexus.control.costmap import CostToGo
-        from sakura_nexus.sim.layout import CellConfig, generate_layout, occupancy_grid
+        from sakura_nexus.sim.layout import MAP_RESOLUTION, CellConfig, generate_layout, occupancy_grid
 
-        data, w, h, origin = occupancy_grid(generate_layout(CellConfig(seed=0)).obstacles, 6.0, 0.05)
-        ctg = CostToGo.from_occupancy(data, w, h, 0.05, origin, (1.5, 1.0))
+        data, w, h, origin = occupancy_grid(generate_layout(CellConfig(seed=0)).obstacles, 6.0)
+        ctg = CostToGo.from_occupancy(data, w, h, MAP_RESOLUTION, origin, (1.5, 1.0))
         with torch.inference_mode():
             for samples, horizon in ((128, 15), (256, 15)):
                 cfg = MPPIConfig(samples=samples, horizon=horizon, members=1)

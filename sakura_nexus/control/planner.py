@@ -185,6 +185,7 @@ class MPPIPlanner:
         (policy_node sends the command first: the action does not depend on the evaluation)."""
         t0 = time.perf_counter()
         c = self.config
+        evaluate_now = c.evaluate_plan if evaluate is None else evaluate
         with torch.inference_mode():
             z = torch.as_tensor(z, dtype=self.dtype).reshape(1, -1)
             g = [float(v) for v in goal_xyz_yaw]
@@ -216,11 +217,12 @@ class MPPIPlanner:
             wts, poses, risk, sigma, cost, terms = best
             self._mean = self._feasible(self._mean[None])[0]
             plan = self._mean.clone()
-            # weighted means over the samples (yaw as a circular mean)
-            pred = (wts[:, None, None] * poses).sum(0)
-            pred[:, 2] = torch.atan2((wts[:, None] * poses[..., 2].sin()).sum(0),
-                                     (wts[:, None] * poses[..., 2].cos()).sum(0))
-            risk_p, sig_p = (wts[:, None] * risk).sum(0), (wts[:, None] * sigma).sum(0)
+            if not evaluate_now:
+                # weighted means over the samples (yaw as a circular mean)
+                pred = (wts[:, None, None] * poses).sum(0)
+                pred[:, 2] = torch.atan2((wts[:, None] * poses[..., 2].sin()).sum(0),
+                                         (wts[:, None] * poses[..., 2].cos()).sum(0))
+                risk_p, sig_p = (wts[:, None] * risk).sum(0), (wts[:, None] * sigma).sum(0)
             info = {
                 "ess": float(1.0 / (wts * wts).sum()),
                 "best_cost": float(cost.min()),
@@ -231,9 +233,10 @@ class MPPIPlanner:
             self._prev = plan[0].clone()
         result = PlanResult((float(plan[0, 0]), float(plan[0, 1])), np.zeros((0, 3)), info["best_cost"], info,
                             actions=plan.numpy())
-        self._set_prediction(result, pred, risk_p, sig_p)
-        if c.evaluate_plan if evaluate is None else evaluate:
+        if evaluate_now:
             self.evaluate(z, result)
+        else:
+            self._set_prediction(result, pred, risk_p, sig_p)
         info["plan_ms"] = (time.perf_counter() - t0) * 1e3
         return result
 
