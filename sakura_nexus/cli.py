@@ -15,7 +15,10 @@ COMMANDS = {
     "demo": ("sakura_nexus.demo", "main", "run the MuJoCo cell + the four nodes and write a report"),
     "train": ("sakura_nexus.models.training", "train_main", "collect sim data and train encoder + world model"),
     "evaluate": ("sakura_nexus.control.evaluate", "evaluate_main",
-                 "closed-loop MPC vs go-to-goal evaluation in the sim (ROS-free)"),
+                 "closed-loop MPC vs go-to-goal evaluation in the sim (ROS-free); --suite: learned vs "
+                 "kinematic MPC on held-out layouts"),
+    "train-range-head": ("sakura_nexus.models.obstacles_train", "main",
+                         "teach the camera's free-range (obstacle) head in the sim"),
     "aggregator": ("sakura_nexus.federated.aggregator", "aggregator_main",
                    "start the fleet aggregator (Flower SuperLink + ServerApp); no ROS needed"),
     "supernode": ("sakura_nexus.federated.aggregator", "supernode_main", "start a Flower SuperNode for one robot"),

@@ -223,8 +223,10 @@ POLICY = NodeSchema(
     (
         P("checkpoint", str, "", "World-model checkpoint the planner rolls out; empty = the shipped one.",
           read_only=True),
-        P("controller", str, "mpc", "mpc = world-model MPPI; go_to_goal = baseline ignoring the model.", "",
-          choices=("mpc", "go_to_goal")),
+        P("controller", str, "mpc", "mpc = world-model MPPI; kinematic_mpc = the same MPPI, critics and safety "
+          "layer on a unicycle model from odometry and the limits (the baseline a Nav2 user would pick); "
+          "go_to_goal = proportional baseline ignoring the model.", "",
+          choices=("mpc", "kinematic_mpc", "go_to_goal")),
         P("control_rate", float, 20.0, "Rate of the cmd_vel timer.", "Hz", 1.0, 200.0, read_only=True),
         P("odom_frame", str, "odom", "Frame goals must be given in (no tf is assumed).", read_only=True),
         P("twist_stamped", bool, False, "Publish geometry_msgs/TwistStamped instead of Twist.", read_only=True),

@@ -178,6 +178,11 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
+    import sys
+
+    if "--suite" in (sys.argv[1:] if argv is None else argv):
+        from .suite import suite_main
+        return suite_main(argv)
     p = argparse.ArgumentParser(prog="sakura-nexus evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=1000,

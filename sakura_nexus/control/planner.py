@@ -52,7 +52,8 @@ class MPPIConfig:
     w_uncertainty: float = 1.0       # mean ensemble disagreement (latent std)
     w_smooth: float = 0.05           # sum of squared action changes, normalised by the action range
     w_reverse: float = 0.2           # extra cost per (m/s) of reverse speed: the camera looks forward
-    w_obstacle: float = 10.0         # map only: mean over the horizon of ((r_safe - clearance) / margin)^2
+    w_obstacle: float = 10.0         # mean over the horizon of ((r_safe - clearance) / margin)^2, clearance to
+                                     # the map and to ``dynamics.obstacles`` (seen obstacles) if it has one
     obstacle_radius: float = 0.262   # m, robot footprint radius (contact below this clearance)
     obstacle_margin: float = 0.15    # m, the penalty starts at obstacle_radius + margin (r_safe)
     w_memory: float = 0.0            # local-minimum escape: penalty near recently visited positions
@@ -279,18 +280,22 @@ class MPPIPlanner:
 
     def _cost(self, acts, poses, risk, sigma, gx, gy, gyaw, mem):
         c = self.config
+        clearance = None
         if self._ctg is None:                                            # map-free: straight line
             dx, dy = gx - poses[..., 0], gy - poses[..., 1]
             dist = torch.sqrt(dx * dx + dy * dy + 1e-9)                  # (B, H)
             direction = torch.atan2(dy, dx)
-            intrusion = None
-        else:                                                            # geodesic on a known map
-            if c.w_obstacle > 0 and hasattr(self._ctg, "sample_all"):
-                dist, direction, clearance = self._ctg.sample_all(poses[..., :2])
-                intrusion = ((c.obstacle_radius + c.obstacle_margin - clearance) / c.obstacle_margin).clamp(min=0)
-            else:
-                dist, direction = self._ctg.sample(poses[..., :2])
-                intrusion = None
+        elif c.w_obstacle > 0 and hasattr(self._ctg, "sample_all"):      # geodesic on a known map
+            dist, direction, clearance = self._ctg.sample_all(poses[..., :2])
+        else:
+            dist, direction = self._ctg.sample(poses[..., :2])
+        seen = getattr(self.dynamics, "obstacles", None)
+        if c.w_obstacle > 0 and seen is not None:                        # what the camera saw (not on the map)
+            sc = seen.clearance(poses[..., :2]).to(poses.dtype)
+            clearance = sc if clearance is None else torch.minimum(clearance, sc)
+        intrusion = None
+        if clearance is not None:
+            intrusion = ((c.obstacle_radius + c.obstacle_margin - clearance) / c.obstacle_margin).clamp(min=0)
         # cost-to-go of a unicycle: distance plus the distance-equivalent of turning toward the goal
         # (faded out within heading_radius, where the bearing is ill-defined)
         bearing = _wrap(direction - poses[..., 2]).abs()

@@ -24,6 +24,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from sakura_nexus.control.baseline import GoToGoal
+from sakura_nexus.control.kinematic import UnicycleConfig, UnicycleModel
 from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
 from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
 from sakura_nexus.models.serialization import PayloadError
@@ -64,6 +65,9 @@ class PolicyNode(NexusNode):
         self._state: WorldState | None = None
         self._state_time: float | None = None   # stamp (s) of the last world_state
         self._pose: tuple[float, float, float] | None = None
+        self._velocity = (0.0, 0.0)              # body (v, w) from odometry (kinematic_mpc's state)
+        self._kinematic = UnicycleModel(self._unicycle_config())
+        self._kin_planner = MPPIPlanner(self._kinematic, self._mppi_config())
         self._target = (0.0, 0.0)
         self._last_pub = -math.inf               # node-clock time of the last cmd_vel
         self._callback_t0 = 0.0                  # perf_counter() at the start of the world_state callback
@@ -85,6 +89,10 @@ class PolicyNode(NexusNode):
             uncertainty_stop=p.uncertainty_stop, collision_stop=max(p.collision_stop, 1e-6),
             goal_tolerance=p.goal_tolerance, goal_yaw_tolerance=p.goal_yaw_tolerance)
 
+    def _unicycle_config(self) -> UnicycleConfig:
+        # the planner steps at the world model's model_dt (0.1 s), the unicycle too
+        return UnicycleConfig.from_limits(self._limits(), dt=0.1)
+
     def _mppi_config(self) -> MPPIConfig:
         p = self.params
         return MPPIConfig(samples=p.samples, horizon=p.horizon, iterations=p.iterations, temperature=p.temperature,
@@ -95,9 +103,13 @@ class PolicyNode(NexusNode):
     def _on_params(self, changed: dict) -> None:
         # Applied at once: the next control cycle uses the new limits / planner settings.
         self._safety.set_limits(self._limits())
-        if self._planner is not None and set(changed) - {"controller", "diagnostics_period", "use_map",
-                                                         "map_clearance"}:
-            self._planner.set_config(self._mppi_config())
+        if set(changed) - {"controller", "diagnostics_period", "use_map", "map_clearance"}:
+            if self._planner is not None:
+                self._planner.set_config(self._mppi_config())
+            self._kinematic.config = self._unicycle_config()
+            self._kin_planner.set_config(self._mppi_config())
+        if "controller" in changed:
+            self._kin_planner.reset()
         if {"use_map", "map_clearance"} & set(changed):
             self._ctg_request.set()
 
@@ -169,9 +181,10 @@ class PolicyNode(NexusNode):
         with self._lock:
             self._goal = (p.x, p.y, yaw)
             self._goal_reached = False
-            if self._planner is not None:
-                self._planner.reset()
-                self._planner.set_cost_to_go(None)  # the old goal's field must not steer toward it
+            for planner in (self._planner, self._kin_planner):
+                if planner is not None:
+                    planner.reset()
+                    planner.set_cost_to_go(None)  # the old goal's field must not steer toward it
         self._ctg_request.set()
         self.diag.count("goals_accepted")
         self.get_logger().info(f"new goal ({p.x:.2f}, {p.y:.2f}, {yaw:.2f})")
@@ -209,6 +222,7 @@ class PolicyNode(NexusNode):
                 continue
             if grid is None or not self.params.use_map:
                 planner.set_cost_to_go(None)
+                self._kin_planner.set_cost_to_go(None)
                 self.diag.set("goal_term", "straight line" + ("" if grid is not None else " (no map)"))
                 continue
             t0 = time.perf_counter()
@@ -224,12 +238,16 @@ class PolicyNode(NexusNode):
                 current = self._goal == goal and self._planner is planner
             if current and not self._ctg_request.is_set():
                 planner.set_cost_to_go(field)
+                self._kin_planner.set_cost_to_go(field)
                 self.diag.set("goal_term", "map cost-to-go")
                 self.diag.set("cost_to_go_build_ms", round((time.perf_counter() - t0) * 1e3, 1))
 
     def _on_odom(self, msg: Odometry) -> None:
         q = msg.pose.pose.orientation
         self._pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
+        tw = msg.twist.twist
+        if math.isfinite(tw.linear.x) and math.isfinite(tw.angular.z):
+            self._velocity = (tw.linear.x, tw.angular.z)
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -300,6 +318,14 @@ class PolicyNode(NexusNode):
             # the baseline's "plan" is the straight line to the goal; published like the MPC plan (same
             # image stamp) so the closed-loop latency can be measured for either controller
             action, finish = self._baseline.command(pose, goal), lambda: [pose, goal]
+        elif self.params.controller == "kinematic_mpc":
+            # the baseline MPPI: same planner, critics and safety layer, a unicycle from odometry
+            kin, zk = self._kin_planner, self._kinematic.encode_state(pose, self._velocity)
+            res = kin.plan(zk, goal, prev_action=self._target, position=pose[:2], evaluate=False)
+            action = res.action
+
+            def finish():
+                return kin.evaluate(zk, res).predicted_poses
         else:
             z = torch.tensor(msg.latent, dtype=torch.float32)
             res = planner.plan(z, goal, prev_action=self._target, position=pose[:2], evaluate=False)

@@ -69,6 +69,11 @@ def build_mjcf(cfg: CellConfig, layout: Layout, start=(0.0, 0.0, 0.0),
         walls.append(f'<geom name="wall_{i}" type="box" pos="{_f((px, py, h / 2))}" size="{_f((sx, sy, h / 2))}" '
                      f'material="wall" contype="2" conaffinity="2"/>')
     obs = []
+    if cfg.mover is not None:
+        mv = cfg.mover
+        obs.append(f'<body name="mover" mocap="true" pos="{_f((100.0, 100.0, mv.sz / 2))}">'
+                   f'<geom name="mover" type="box" size="{_f((mv.sx / 2, mv.sy / 2, mv.sz / 2))}" '
+                   f'material="{mv.kind}" contype="2" conaffinity="2"/></body>')
     for i, ob in enumerate(layout.obstacles):
         obs.append(f'<geom name="obstacle_{i}" type="box" pos="{_f((ob.x, ob.y, ob.sz / 2))}" '
                    f'size="{_f((ob.sx / 2, ob.sy / 2, ob.sz / 2))}" euler="0 0 {ob.yaw:.6f}" '
@@ -247,7 +252,9 @@ class FactoryCell:
 
     # ------------------------------------------------------------------ construction / reset
     def _build(self) -> None:
-        self._layout = generate_layout(self.cfg)
+        self._map_layout = generate_layout(self.cfg)
+        self._layout = dataclasses.replace(
+            self._map_layout, obstacles=self._map_layout.obstacles + tuple(self.cfg.extra_obstacles))
         self._built_cfg = dataclasses.replace(self.cfg)  # a copy: cfg may be mutated in place
         off = (max(640, self.camera_width), max(480, self.camera_height))
         xml = build_mjcf(self.cfg, self._layout, offscreen=off)
@@ -260,6 +267,9 @@ class FactoryCell:
         self._wheel_dof = [m.jnt_dofadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, j)] for j in WHEEL_JOINTS]
         self._goal_mocap = m.body_mocapid[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")]
         self._cam_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME)
+        mover = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "mover")
+        self._mover = int(m.body_mocapid[mover]) if mover >= 0 else None
+        self._mover_xy = None
 
     def reset(self, seed: int | None = None, keep_time: bool = False) -> StepResult:
         """Re-generate the cell from ``cfg.seed`` (or ``seed``, which then becomes ``cfg.seed``); robot at
@@ -273,6 +283,7 @@ class FactoryCell:
         else:
             mujoco.mj_resetData(self.model, self.data)
             self._set_friction(self._layout.floor_friction)
+            self._mover_xy = None
         if keep_time:
             self.data.time = t
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed & 0xFFFFFFFF, 4]))
@@ -308,6 +319,21 @@ class FactoryCell:
     def _set_friction(self, mu: float) -> None:
         self.model.geom_friction[self._floor, 0] = mu
 
+    def set_mover(self, x: float, y: float, yaw: float = 0.0) -> None:
+        """Place the moving obstacle (``cfg.mover``) now; it pushes the robot like a wall would."""
+        if self._mover is None:
+            raise ValueError("this cell has no mover (CellConfig.mover is None)")
+        self.data.mocap_pos[self._mover] = (x, y, self.cfg.mover.sz / 2)
+        self.data.mocap_quat[self._mover] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        self._mover_xy = (float(x), float(y), float(yaw))
+
+    @property
+    def mover(self):
+        """The moving obstacle where it is now (an Obstacle), or None."""
+        if self._mover_xy is None:
+            return None
+        return dataclasses.replace(self.cfg.mover, x=self._mover_xy[0], y=self._mover_xy[1], yaw=self._mover_xy[2])
+
     def set_goal(self, x: float, y: float, yaw: float = 0.0) -> None:
         self._goal = (float(x), float(y), float(wrap_angle(yaw)))
         self.data.mocap_pos[self._goal_mocap] = (x, y, 0.002)
@@ -327,7 +353,8 @@ class FactoryCell:
         if not (math.isfinite(v_cmd) and math.isfinite(w_cmd)):
             v_cmd = w_cmd = 0.0
         self._cmd_wheels = self.wheel_targets(v_cmd, w_cmd)
-        d.ctrl[0], d.ctrl[1] = self._cmd_wheels
+        scale = self.cfg.robot.wheel_scale
+        d.ctrl[0], d.ctrl[1] = self._cmd_wheels[0] * scale[0], self._cmd_wheels[1] * scale[1]
         n = max(1, int(round(dt / m.opt.timestep)))
         collided = False
         step, cid = mujoco.mj_step, self._chassis
@@ -420,6 +447,11 @@ class FactoryCell:
     def layout(self) -> list:
         """Obstacles (list of :class:`Obstacle`)."""
         return list(self._layout.obstacles)
+
+    @property
+    def map_obstacles(self) -> list:
+        """The obstacles of the static map: the seeded layout without ``cfg.extra_obstacles``."""
+        return list(self._map_layout.obstacles)
 
     @property
     def cell_layout(self) -> Layout:

@@ -51,6 +51,8 @@ class RobotSpec:
     camera_pos: tuple = (0.19, 0.0, 0.20)  # relative to base_link [m] (0.25 m above the floor)
     camera_pitch: float = math.radians(8.0)  # downward tilt [rad]
     camera_fovy: float = 70.0     # vertical field of view [deg]
+    wheel_scale: tuple = (1.0, 1.0)  # (left, right) fraction of the commanded wheel speed the motor
+                                     # loop is given: < 1 is a derated / slipping wheel (curvature bias)
 
     @property
     def radius(self) -> float:
@@ -74,6 +76,10 @@ class CellConfig:
     obstacle_gap: float = 0.6               # min free gap between obstacles / walls [m]
     show_goal: bool = False                 # draw the goal marker in camera images
     robot: RobotSpec = field(default_factory=RobotSpec)
+    extra_obstacles: tuple = ()             # Obstacles placed on top of the seeded layout and left off
+                                            # the static map (goods left in an aisle since it was made)
+    mover: Obstacle | None = None           # a kinematic (mocap) obstacle, never on the map; moved with
+                                            # FactoryCell.set_mover (a person / forklift stand-in)
 
     def replace(self, **kw) -> CellConfig:
         return dataclasses.replace(self, **kw)

@@ -1,0 +1,472 @@
+"""``sakura-nexus evaluate --suite``: the learned controller beside the kinematic one, same episodes.
+
+Every condition runs the same held-out layouts and start/goal pairs for each controller (paired),
+through the same safety layer, and reports success, collisions, timeouts, time to goal, minimum
+clearance and the prediction tracking error of both dynamics models on the executed paths.
+
+Held-out range (never used to train or tune; docs/control.md, "Evaluation suite"): layouts
+``HELD_OUT_SEED`` .. ``HELD_OUT_SEED + episodes - 1`` (7000..7049 at 50 episodes). Development and
+tuning used layouts 6000..6099; the range head was taught on layouts 0..399; adaptation driving runs
+in layouts 500..599.
+
+Conditions:
+
+* ``nominal``: complete map, nominal robot.
+* ``unmapped``: 1-2 boxes placed on the map's route (the geodesic the map-based planner would
+  follow), left off the published map.
+* ``moving``: a box-sized mover paces across the route (0.35 m/s), timed to cross near when the robot
+  gets there; never on the map.
+* ``map_free``: no map at all.
+* ``shift_wheel`` / ``shift_payload`` / ``shift_friction``: a right wheel at 70 % of its commanded speed
+  (systematic curvature); 14 kg payload with 0.2 N m derated motors; floor friction 0.15. The learned
+  controller runs once as shipped (``learned_mpc``) and once after ``adapt_s`` sim-seconds of ordinary
+  driving with online learning on that robot (``learned_mpc_adapted``).
+* ``unmapped`` also runs the ablation ``learned_no_obstacle_head`` (the camera's range head off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+
+import numpy as np
+
+__all__ = ["CONDITIONS", "HELD_OUT_SEED", "run_suite", "suite_main"]
+
+HELD_OUT_SEED = 7000
+ADAPT_SEED = 500
+CONDITIONS = ("nominal", "unmapped", "moving", "map_free", "shift_wheel", "shift_payload", "shift_friction")
+MOVER_SPEED = 0.35      # m/s
+ROBOT_RADIUS = 0.262
+
+
+def _robot_for(condition: str):
+    from sakura_nexus.sim.layout import RobotSpec
+
+    rb = RobotSpec()
+    if condition == "shift_wheel":
+        return dataclasses.replace(rb, wheel_scale=(1.0, 0.7))
+    if condition == "shift_payload":
+        return dataclasses.replace(rb, mass=rb.mass + 14.0, wheel_torque=0.2)
+    return rb
+
+
+def _cell_config(condition: str, seed: int, extra=(), mover=None):
+    from sakura_nexus.sim import CellConfig
+
+    kw = {"floor_friction": 0.15} if condition == "shift_friction" else {}
+    return CellConfig(seed=seed, robot=_robot_for(condition), extra_obstacles=tuple(extra), mover=mover, **kw)
+
+
+def _route_points(obstacles, size, start, goal, step: float = 0.05) -> np.ndarray:
+    """The map planner's route: descend the geodesic cost-to-go from start to goal."""
+    import torch
+
+    from .costmap import CostToGo
+
+    ctg = CostToGo(obstacles, size, goal, radius=ROBOT_RADIUS + 0.1)
+    p = np.array(start[:2], dtype=float)
+    pts = [p.copy()]
+    for _ in range(int(4 * size / step)):
+        if math.hypot(goal[0] - p[0], goal[1] - p[1]) < 0.2:
+            break
+        _, heading, _ = ctg.sample_all(torch.tensor([[p[0], p[1]]], dtype=torch.float32))
+        a = float(heading[0])
+        p = p + step * np.array([math.cos(a), math.sin(a)])
+        pts.append(p.copy())
+    pts.append(np.array(goal[:2], float))
+    return np.asarray(pts)
+
+
+def _reachable(obstacles, size, start, goal) -> bool:
+    from .costmap import CostToGo
+
+    ctg = CostToGo(obstacles, size, goal, radius=ROBOT_RADIUS + 0.02, band=0.0, blocked_cost=1e4)
+    return ctg(start[0], start[1]) < 100.0
+
+
+def make_task(condition: str, seed: int, episode: int):
+    """(cell config, start, goal, blocked, extra obstacles, mover plan) for one episode: the start/goal
+    pair is the same for every condition of a layout (paired across conditions too)."""
+    from sakura_nexus.sim import FactoryCell
+    from sakura_nexus.sim.layout import Obstacle, free_distance
+
+    from .episode import sample_task
+
+    base = FactoryCell(_cell_config("nominal", seed), camera_width=16, camera_height=16)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, episode, 13]))
+    start, goal, blocked = sample_task(base, rng, 2.5)
+    obstacles, size = list(base.layout), base.size[0]
+    base.close()
+    extra, mover = [], None
+    if condition in ("unmapped", "moving"):
+        route = _route_points(obstacles, size, start, goal)
+        seg = np.hypot(*np.diff(route, axis=0).T)
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        def at(f):
+            k = int(np.searchsorted(s, f * s[-1]))
+            k = min(max(k, 1), len(route) - 1)
+            return route[k], route[k] - route[k - 1]
+        if condition == "unmapped":
+            want = 1 + int(rng.random() < 0.5)
+            for f in rng.permutation([0.35, 0.5, 0.65])[:3]:
+                if len(extra) == want:
+                    break
+                p, t = at(float(f))
+                n = np.array([-t[1], t[0]]) / (np.hypot(*t) + 1e-9)
+                c = p + n * rng.uniform(-0.1, 0.1)
+                sx, sy = rng.uniform(0.35, 0.6, 2)
+                ob = Obstacle(float(c[0]), float(c[1]), float(sx), float(sy), float(rng.uniform(-math.pi, math.pi)),
+                              "box", float(rng.uniform(0.5, 0.9)))
+                if min(math.hypot(c[0] - start[0], c[1] - start[1]), math.hypot(c[0] - goal[0], c[1] - goal[1])) < 0.9:
+                    continue
+                if abs(c[0]) + 0.4 > size / 2 or abs(c[1]) + 0.4 > size / 2:
+                    continue
+                if free_distance(c[0], c[1], obstacles + extra, size) < 0.35:
+                    continue
+                if not _reachable(obstacles + extra + [ob], size, start, goal):
+                    continue
+                extra.append(ob)
+        else:
+            p, t = at(0.5)
+            n = np.array([-t[1], t[0]]) / (np.hypot(*t) + 1e-9)
+            arrive = s[-1] * 0.5 / 0.35                     # when a robot at ~0.35 m/s gets there
+            mover = {"centre": p.tolist(), "normal": n.tolist(), "amplitude": 1.6, "arrive": float(arrive),
+                     "phase": float(rng.uniform(-1.0, 1.0))}
+    return start, goal, blocked, extra, mover
+
+
+def _mover_xy(plan: dict, t: float):
+    """Pacing across the route: a triangle wave of ``amplitude`` along the route normal, crossing the
+    route at ``arrive + phase`` seconds."""
+    a, v = plan["amplitude"], MOVER_SPEED
+    period = 4 * a / v
+    u = ((t - plan["arrive"] - plan["phase"]) / period + 0.25) % 1.0       # 0.25 -> at the centre, moving
+    off = a * (4 * u - 1) if u < 0.5 else a * (3 - 4 * u)                   # -a..a..-a
+    c, n = plan["centre"], plan["normal"]
+    return c[0] + n[0] * off, c[1] + n[1] * off
+
+
+def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float = 60.0, dt: float = 0.1,
+                      limits=None) -> dict:
+    """One episode (same loop as :func:`~sakura_nexus.control.episode.run_episode`, plus the mover, the
+    clearance bookkeeping and the executed trajectory for the tracking error)."""
+    from sakura_nexus.sim.layout import free_distance
+
+    from .episode import Observation
+    from .safety import SafetyLayer, SafetyLimits, goal_reached
+
+    limits = limits or SafetyLimits(control_period=dt)
+    safety = SafetyLayer(limits)
+    safety.reset()
+    cell.set_pose(*start)
+    cell.set_goal(*goal)
+    if mover is not None:
+        cell.set_mover(*_mover_xy(mover, 0.0))
+    controller.reset(goal)
+    t0 = cell.time
+    poses, vels, cmds, plan_ms = [tuple(cell.pose)], [tuple(cell.velocity)], [], []
+    min_clear = math.inf
+    reached = collided = moving_collision = False
+    cmd = (0.0, 0.0)
+    obstacles, size = list(cell.layout), cell.size[0]
+    while cell.time - t0 < max_time - 1e-9:
+        pose = cell.pose
+        if goal_reached(pose, goal, limits):
+            reached = True
+            break
+        img = cell.render(64, 64) if getattr(controller, "needs_image", False) else None
+        out = controller.act(Observation(tuple(pose), tuple(cell.velocity), cell.time - t0, tuple(goal), img, cmd))
+        if "plan_ms" in out.info:
+            plan_ms.append(out.info["plan_ms"])
+        now = cell.time
+        safe = safety.filter(out.v, out.w, now, now, out.uncertainty, out.collision_risk, False)
+        cmd = (safe.v, safe.w)
+        if mover is not None:
+            cell.set_mover(*_mover_xy(mover, cell.time - t0 + dt))
+        res = cell.step(safe.v, safe.w, dt)
+        poses.append(tuple(res.pose))
+        vels.append(tuple(cell.velocity))
+        cmds.append(cmd)
+        obs_now = obstacles + ([cell.mover] if mover is not None else [])
+        min_clear = min(min_clear, free_distance(res.pose[0], res.pose[1], obs_now, size) - ROBOT_RADIUS)
+        if res.collided:
+            collided = True
+            moving_collision = abs(poses[-2][0] - res.pose[0]) + abs(poses[-2][1] - res.pose[1]) > 0.005
+            break
+    else:
+        reached = goal_reached(cell.pose, goal, limits)
+    return {"reached": bool(reached), "collided": bool(collided), "robot_moving_at_contact": bool(moving_collision),
+            "success": bool(reached and not collided), "time": float(cell.time - t0), "steps": len(cmds),
+            "min_clearance": float(min_clear), "plan_ms_p50": float(np.median(plan_ms)) if plan_ms else None,
+            "plan_ms_p99": float(np.percentile(plan_ms, 99)) if plan_ms else None,
+            "poses": np.asarray(poses).round(4).tolist(), "velocities": np.asarray(vels).round(4).tolist(),
+            "commands": np.asarray(cmds).round(4).tolist()}
+
+
+def tracking_error(model, episodes: list, horizon: int = 15, stride: int = 5) -> float | None:
+    """Mean position error [m] at ``horizon`` steps of ``model``'s open-loop prediction under the
+    commands that were really executed, over every ``stride``-th step of the episodes' paths."""
+    from .kinematic import rollout_poses
+
+    errs = []
+    for e in episodes:
+        p, v, c = np.asarray(e["poses"]), np.asarray(e["velocities"]), np.asarray(e["commands"])
+        for t in range(0, len(c) - horizon + 1, stride):
+            pred = rollout_poses(model, p[t], v[t], c[t:t + horizon])
+            errs.append(float(np.hypot(*(pred[-1, :2] - p[t + horizon, :2]))))
+    return float(np.mean(errs)) if errs else None
+
+
+# ---- controllers ---------------------------------------------------------------------------------------
+class _Setup:
+    """Shared, loaded once per worker: encoder, range head, MPPI config, safety limits."""
+
+    def __init__(self, range_head_path: str | None = None):
+        import torch
+
+        from sakura_nexus.models import inference_encoder, load_checkpoint
+        from sakura_nexus.models.obstacles import load_range_head
+
+        from .planner import MPPIConfig
+        from .safety import SafetyLimits
+
+        torch.set_num_threads(1)
+        ck = load_checkpoint(None)
+        self.encoder = inference_encoder(ck.encoder)
+        from sakura_nexus.paths import models_dir
+
+        self.range_head = load_range_head(range_head_path or models_dir() / "range_head.bin")
+        self.mppi = MPPIConfig(members=1)
+        self.limits = SafetyLimits(control_period=0.1)
+
+    def controller(self, kind: str, cell_map, residual=None):
+        from .kinematic import UnicycleConfig
+        from .learned import KinematicMPC, LearnedMPC
+
+        ucfg = UnicycleConfig.from_limits(self.limits)
+        if kind == "kinematic_mpc":
+            return KinematicMPC(self.mppi, cell_map, ucfg)
+        head = None if kind == "learned_no_obstacle_head" else self.range_head
+        return LearnedMPC(self.encoder, head, self.mppi, cell_map, ucfg, residual=residual, learn=False)
+
+
+def adapt(setup: _Setup, condition: str, seconds: float, seed: int = ADAPT_SEED):
+    """Ordinary driving (random goals, map on, learning on) for ``seconds`` sim-seconds with the
+    robot of ``condition`` in layouts ``seed``..: returns the adapted residual model."""
+    from sakura_nexus.sim import FactoryCell
+
+    from .episode import run_episode
+    from .kinematic import ResidualUnicycle, UnicycleConfig
+    from .learned import LearnedMPC
+
+    residual = ResidualUnicycle(UnicycleConfig.from_limits(setup.limits))
+    driven, k = 0.0, 0
+    cell = None
+    while driven < seconds:
+        cfg = _cell_config(condition, seed + k)
+        if cell is None:
+            cell = FactoryCell(cfg, camera_width=64, camera_height=64)
+        else:
+            cell.cfg = cfg
+            cell.reset(seed=seed + k)
+        rng = np.random.default_rng(seed + k)
+        from .episode import sample_task
+        start, goal, _ = sample_task(cell, rng, 2.0, prefer_blocked=False)
+        ctrl = LearnedMPC(setup.encoder, setup.range_head, setup.mppi, (cell.map_obstacles, cell.size[0]),
+                          residual=residual, learn=True)
+        r = run_episode(cell, ctrl, start, goal, max_time=min(60.0, seconds - driven), limits=setup.limits)
+        driven += r.time
+        k += 1
+    cell.close()
+    return residual, {"sim_s": round(driven, 1), "episodes": k, "weights": residual.weights.round(4).tolist()}
+
+
+def _run_job(job: dict) -> dict:
+    """One (condition, controller) over all episodes; run in a worker process."""
+    import torch
+
+    from sakura_nexus.sim import FactoryCell
+    from sakura_nexus.sim.layout import Obstacle
+
+    from .kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
+
+    setup = _Setup(job.get("range_head"))
+    cond, kind = job["condition"], job["controller"]
+    residual, adapt_info = None, None
+    if kind == "learned_mpc_adapted":
+        residual, adapt_info = adapt(setup, cond, job["adapt_s"])
+    eps, cell = [], None
+    t_wall = time.time()
+    for i in range(job["episodes"]):
+        seed = job["seed"] + i
+        start, goal, blocked, extra, mover = make_task(cond, seed, i)
+        mover_ob = Obstacle(0.0, 0.0, 0.4, 0.4, 0.0, "box", 1.0) if mover else None
+        cfg = _cell_config(cond, seed, extra, mover_ob)
+        if cell is not None:
+            cell.close()
+        cell = FactoryCell(cfg, camera_width=64, camera_height=64)
+        cmap = None if cond == "map_free" else (cell.map_obstacles, cell.size[0])
+        ctrl = setup.controller(kind.replace("_adapted", ""), cmap, residual=residual)
+        r = run_suite_episode(cell, ctrl, start, goal, mover, job["max_time"], limits=setup.limits)
+        r.update(episode=i, layout_seed=seed, start=list(start), goal=list(goal), blocked=bool(blocked),
+                 unmapped=[dataclasses.asdict(o) for o in extra])
+        eps.append(r)
+        if job.get("queue") is not None:
+            job["queue"].put(1)
+    if cell is not None:
+        cell.close()
+    ucfg = UnicycleConfig.from_limits(setup.limits)
+    kin = UnicycleModel(ucfg)
+    learned = residual if residual is not None else ResidualUnicycle(ucfg)
+    torch.set_num_threads(1)
+    out = {"condition": cond, "controller": kind, "episodes": eps, "wall_s": round(time.time() - t_wall, 1),
+           "tracking_error_m": {"kinematic": tracking_error(kin, eps), "learned": tracking_error(learned, eps)},
+           "adaptation": adapt_info}
+    out["summary"] = summarise(eps)
+    return out
+
+
+def summarise(eps: list) -> dict:
+    n = len(eps)
+    ok = [e for e in eps if e["success"]]
+    return {"n": n, "success_rate": len(ok) / n if n else None,
+            "collisions": sum(e["collided"] for e in eps),
+            "collision_rate": sum(e["collided"] for e in eps) / n if n else None,
+            "collisions_robot_moving": sum(e["robot_moving_at_contact"] for e in eps),
+            "timeouts": sum(not e["reached"] and not e["collided"] for e in eps),
+            "time_mean_success": float(np.mean([e["time"] for e in ok])) if ok else None,
+            "min_clearance_median": float(np.median([e["min_clearance"] for e in eps])) if n else None,
+            "min_clearance_min": float(np.min([e["min_clearance"] for e in eps])) if n else None,
+            "plan_ms_p50": float(np.median([e["plan_ms_p50"] for e in eps if e["plan_ms_p50"] is not None]))
+            if n else None}
+
+
+def jobs_for(conditions, episodes: int, seed: int, max_time: float, adapt_s: float) -> list[dict]:
+    jobs = []
+    for c in conditions:
+        kinds = ["kinematic_mpc", "learned_mpc"]
+        if c == "unmapped":
+            kinds.append("learned_no_obstacle_head")
+        if c.startswith("shift_"):
+            kinds.append("learned_mpc_adapted")
+        for k in kinds:
+            jobs.append({"condition": c, "controller": k, "episodes": episodes, "seed": seed, "max_time": max_time,
+                         "adapt_s": adapt_s})
+    return jobs
+
+
+def run_suite(conditions=CONDITIONS, episodes: int = 50, seed: int = HELD_OUT_SEED, max_time: float = 60.0,
+              adapt_s: float = 300.0, workers: int = 2, progress: bool = True) -> dict:
+    import multiprocessing as mp
+
+    jobs = jobs_for(conditions, episodes, seed, max_time, adapt_s)
+    total = sum(j["episodes"] for j in jobs)
+    ctx = mp.get_context("spawn")
+    results = []
+    with ctx.Manager() as mgr:
+        q = mgr.Queue()
+        for j in jobs:
+            j["queue"] = q
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc="suite", unit="episode")
+        with ctx.Pool(max(1, workers), maxtasksperchild=1) as pool:
+            pending = pool.map_async(_run_job, jobs, chunksize=1)
+            done = 0
+            while not pending.ready() or done < total:
+                try:
+                    q.get(timeout=1.0)
+                    done += 1
+                    if bar:
+                        bar.update(1)
+                except Exception:  # noqa: BLE001 - queue.Empty through the manager proxy
+                    if pending.ready():
+                        break
+            results = pending.get()
+        if bar:
+            bar.close()
+    table: dict = {}
+    for r in results:
+        table.setdefault(r["condition"], {})[r["controller"]] = r
+    return {"held_out_layouts": f"{seed}..{seed + episodes - 1}", "episodes_per_condition": episodes,
+            "max_time_s": max_time, "adapt_s": adapt_s, "results": table}
+
+
+def markdown(doc: dict) -> str:
+    rows = ["| condition | controller | success | collisions (robot moving) | timeouts | time to goal [s] | "
+            "min clearance median / min [m] | tracking err. kinematic / learned model [m] | plan p50 [ms] |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for cond, by in doc["results"].items():
+        for kind, r in by.items():
+            s, te = r["summary"], r["tracking_error_m"]
+            t = "-" if s["time_mean_success"] is None else f"{s['time_mean_success']:.1f}"
+            rows.append(f"| {cond} | {kind} | {s['success_rate']:.2f} | "
+                        f"{s['collisions']} ({s['collisions_robot_moving']}) "
+                        f"| {s['timeouts']} | {t} | {s['min_clearance_median']:.2f} / {s['min_clearance_min']:.2f} | "
+                        f"{te['kinematic']:.3f} / {te['learned']:.3f} | {s['plan_ms_p50']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot(doc: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = list(doc["results"])
+    kinds = sorted({k for by in doc["results"].values() for k in by},
+                   key=lambda k: ["kinematic_mpc", "learned_mpc", "learned_mpc_adapted",
+                                  "learned_no_obstacle_head"].index(k))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    x = np.arange(len(conds))
+    wd = 0.8 / len(kinds)
+    for i, k in enumerate(kinds):
+        succ = [doc["results"][c].get(k, {}).get("summary", {}).get("success_rate", np.nan) for c in conds]
+        coll = [doc["results"][c].get(k, {}).get("summary", {}).get("collision_rate", np.nan) for c in conds]
+        axes[0].bar(x + (i - (len(kinds) - 1) / 2) * wd, succ, wd, label=k)
+        axes[1].bar(x + (i - (len(kinds) - 1) / 2) * wd, coll, wd, label=k)
+    for ax, t in zip(axes, ("success rate", "collision rate"), strict=True):
+        ax.set_xticks(x, conds, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{t}, held-out layouts {doc['held_out_layouts']}", fontsize=9)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def suite_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sakura-nexus evaluate --suite", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", action="store_true")
+    p.add_argument("--conditions", default=",".join(CONDITIONS))
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out layout (do not tune on it)")
+    p.add_argument("--max-time", type=float, default=60.0)
+    p.add_argument("--adapt-s", type=float, default=300.0, help="sim-seconds of online learning before *_adapted")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=os.environ.get("SAKURA_SUITE_OUT", "out/eval/suite.json"))
+    a = p.parse_args(argv)
+    conds = [c for c in a.conditions.split(",") if c]
+    for c in conds:
+        if c not in CONDITIONS:
+            raise SystemExit(f"unknown condition {c!r}; choose from {CONDITIONS}")
+    t0 = time.time()
+    doc = run_suite(conds, a.episodes, a.seed, a.max_time, a.adapt_s, a.workers)
+    doc["wall_s"] = round(time.time() - t0, 1)
+    out = pathlib.Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc))
+    md = markdown(doc)
+    out.with_suffix(".md").write_text(f"Held-out layouts {doc['held_out_layouts']}, {a.episodes} episodes per "
+                                      f"condition and controller, paired.\n\n" + md)
+    plot(doc, out.with_suffix(".png"))
+    print(md)
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')} ({doc['wall_s']} s)")
+    return 0
