@@ -5,7 +5,7 @@
   acceleration limits (:class:`~sakura_nexus.control.kinematic.UnicycleModel`), the static map's
   cost-to-go. It sees nothing the map does not show.
 * :class:`LearnedMPC` (``learned_mpc``): physics prior + what the robot learned:
-  camera -> encoder -> :class:`~sakura_nexus.models.obstacles.RangeHead` (free range across the field of
+  camera -> :class:`~sakura_nexus.models.obstacles.RangeHead` (free range across the field of
   view, with ensemble uncertainty) -> :class:`~sakura_nexus.models.obstacles.ObstacleMemory` (seen
   obstacles in odom, kept while out of view, cleared when seen through), and a
   :class:`~sakura_nexus.control.kinematic.ResidualUnicycle` whose velocity response adapts online to the
@@ -20,7 +20,6 @@ import math
 import time
 
 import numpy as np
-import torch
 
 from .episode import Controller, ControlOutput, Observation, _to_tensor
 from .kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
@@ -86,13 +85,13 @@ class LearnedMPC(_RouteMixin, Controller):
     name = "learned_mpc"
     needs_image = True
 
-    def __init__(self, encoder, range_head, config: MPPIConfig | None = None, cell_map=None,
+    def __init__(self, range_head, config: MPPIConfig | None = None, cell_map=None,
                  model: UnicycleConfig | None = None, residual: ResidualUnicycle | None = None,
                  learn: bool = True, map_clearance: float = 0.362, route_period: float = 1.0,
                  memory_kw: dict | None = None):
         from sakura_nexus.models.obstacles import ObstacleMemory
 
-        self.encoder, self.range_head = encoder, range_head
+        self.range_head = range_head
         cfg = range_head.range_config if range_head is not None else None
         self.memory = ObstacleMemory(cfg, **(memory_kw or {}))
         self.model = residual if residual is not None else ResidualUnicycle(model)
@@ -111,6 +110,22 @@ class LearnedMPC(_RouteMixin, Controller):
         self._goal, self._last = tuple(goal), None
         self._route_t, self._route_version = -math.inf, -1
         self.planner.set_cost_to_go(None)
+        self._known = None
+        if self.cell_map is not None:
+            # clearance to the static map's obstacles: seen points within 0.12 m of them are the map
+            from sakura_nexus.sim.layout import MAP_RESOLUTION, occupancy_grid
+
+            from .costmap import CostToGo
+
+            data, w, h, origin = occupancy_grid(self.cell_map[0], self.cell_map[1])
+            static = CostToGo.from_occupancy(data, w, h, MAP_RESOLUTION, origin, goal, radius=self.map_clearance)
+
+            def known(pts, field=static):
+                import torch
+
+                _, _, clearance = field.sample_all(torch.as_tensor(pts, dtype=torch.float32))
+                return (clearance < 0.12).numpy()
+            self._known = known
 
     def act(self, obs: Observation) -> ControlOutput:
         t0 = time.perf_counter()
@@ -119,10 +134,8 @@ class LearnedMPC(_RouteMixin, Controller):
         self._last = (obs.time, obs.velocity)
         sigma = 0.0
         if self.range_head is not None:
-            with torch.inference_mode():
-                emb = self.encoder(_to_tensor(obs.image))
-            ranges, sigma = self.range_head.predict(emb)
-            self.memory.update(obs.pose, ranges, obs.time, sigma)
+            ranges, sigma = self.range_head.predict(_to_tensor(obs.image))
+            self.memory.update(obs.pose, ranges, obs.time, sigma, known=self._known)
         perceive_ms = (time.perf_counter() - t0) * 1e3
         if (self.cell_map is not None or self.range_head is not None) and (
                 obs.time - self._route_t >= self.route_period and self.memory.version != self._route_version

@@ -225,20 +225,17 @@ def tracking_error(model, episodes: list, horizon: int = 15, stride: int = 5) ->
 
 # ---- controllers ---------------------------------------------------------------------------------------
 class _Setup:
-    """Shared, loaded once per worker: encoder, range head, MPPI config, safety limits."""
+    """Shared, loaded once per worker: range head, MPPI config, safety limits."""
 
     def __init__(self, range_head_path: str | None = None):
         import torch
 
-        from sakura_nexus.models import inference_encoder, load_checkpoint
         from sakura_nexus.models.obstacles import load_range_head
 
         from .planner import MPPIConfig
         from .safety import SafetyLimits
 
         torch.set_num_threads(1)
-        ck = load_checkpoint(None)
-        self.encoder = inference_encoder(ck.encoder)
         from sakura_nexus.paths import models_dir
 
         self.range_head = load_range_head(range_head_path or models_dir() / "range_head.bin")
@@ -253,7 +250,7 @@ class _Setup:
         if kind == "kinematic_mpc":
             return KinematicMPC(self.mppi, cell_map, ucfg)
         head = None if kind == "learned_no_obstacle_head" else self.range_head
-        return LearnedMPC(self.encoder, head, self.mppi, cell_map, ucfg, residual=residual, learn=False)
+        return LearnedMPC(head, self.mppi, cell_map, ucfg, residual=residual, learn=False)
 
 
 def adapt(setup: _Setup, condition: str, seconds: float, seed: int = ADAPT_SEED):
@@ -261,7 +258,7 @@ def adapt(setup: _Setup, condition: str, seconds: float, seed: int = ADAPT_SEED)
     robot of ``condition`` in layouts ``seed``..: returns the adapted residual model."""
     from sakura_nexus.sim import FactoryCell
 
-    from .episode import run_episode
+    from .episode import run_episode, sample_task
     from .kinematic import ResidualUnicycle, UnicycleConfig
     from .learned import LearnedMPC
 
@@ -275,10 +272,12 @@ def adapt(setup: _Setup, condition: str, seconds: float, seed: int = ADAPT_SEED)
         else:
             cell.cfg = cfg
             cell.reset(seed=seed + k)
-        rng = np.random.default_rng(seed + k)
-        from .episode import sample_task
-        start, goal, _ = sample_task(cell, rng, 2.0, prefer_blocked=False)
-        ctrl = LearnedMPC(setup.encoder, setup.range_head, setup.mppi, (cell.map_obstacles, cell.size[0]),
+        try:
+            start, goal, _ = sample_task(cell, np.random.default_rng(seed + k), 2.0, prefer_blocked=False)
+        except RuntimeError:                         # a layout too tight for a 2 m task: the next one
+            k += 1
+            continue
+        ctrl = LearnedMPC(setup.range_head, setup.mppi, (cell.map_obstacles, cell.size[0]),
                           residual=residual, learn=True)
         r = run_episode(cell, ctrl, start, goal, max_time=min(60.0, seconds - driven), limits=setup.limits)
         driven += r.time
@@ -362,7 +361,7 @@ def jobs_for(conditions, episodes: int, seed: int, max_time: float, adapt_s: flo
 
 
 def run_suite(conditions=CONDITIONS, episodes: int = 50, seed: int = HELD_OUT_SEED, max_time: float = 60.0,
-              adapt_s: float = 300.0, workers: int = 2, progress: bool = True) -> dict:
+              adapt_s: float = 300.0, workers: int = 2, progress: bool = True, on_result=None) -> dict:
     import multiprocessing as mp
 
     jobs = jobs_for(conditions, episodes, seed, max_time, adapt_s)
@@ -378,22 +377,29 @@ def run_suite(conditions=CONDITIONS, episodes: int = 50, seed: int = HELD_OUT_SE
             from tqdm import tqdm
             bar = tqdm(total=total, desc="suite", unit="episode")
         with ctx.Pool(max(1, workers), maxtasksperchild=1) as pool:
-            pending = pool.map_async(_run_job, jobs, chunksize=1)
-            done = 0
-            while not pending.ready() or done < total:
+            pending = [pool.apply_async(_run_job, (j,)) for j in jobs]
+            while True:
                 try:
                     q.get(timeout=1.0)
-                    done += 1
                     if bar:
                         bar.update(1)
                 except Exception:  # noqa: BLE001 - queue.Empty through the manager proxy
-                    if pending.ready():
-                        break
-            results = pending.get()
+                    pass
+                for p in [p for p in pending if p.ready()]:
+                    pending.remove(p)
+                    results.append(p.get())
+                    if on_result is not None:
+                        on_result(results)
+                if not pending:
+                    break
         if bar:
             bar.close()
+    return _document(results, seed, episodes, max_time, adapt_s)
+
+
+def _document(results, seed, episodes, max_time, adapt_s) -> dict:
     table: dict = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: (CONDITIONS.index(r["condition"]), r["controller"])):
         table.setdefault(r["condition"], {})[r["controller"]] = r
     return {"held_out_layouts": f"{seed}..{seed + episodes - 1}", "episodes_per_condition": episodes,
             "max_time_s": max_time, "adapt_s": adapt_s, "results": table}
@@ -458,10 +464,15 @@ def suite_main(argv: list[str] | None = None) -> int:
         if c not in CONDITIONS:
             raise SystemExit(f"unknown condition {c!r}; choose from {CONDITIONS}")
     t0 = time.time()
-    doc = run_suite(conds, a.episodes, a.seed, a.max_time, a.adapt_s, a.workers)
-    doc["wall_s"] = round(time.time() - t0, 1)
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def partial(results):                         # each finished job is on disk at once
+        out.with_suffix(".partial.json").write_text(json.dumps(
+            _document(results, a.seed, a.episodes, a.max_time, a.adapt_s)))
+
+    doc = run_suite(conds, a.episodes, a.seed, a.max_time, a.adapt_s, a.workers, on_result=partial)
+    doc["wall_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(doc))
     md = markdown(doc)
     out.with_suffix(".md").write_text(f"Held-out layouts {doc['held_out_layouts']}, {a.episodes} episodes per "

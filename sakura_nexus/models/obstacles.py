@@ -152,9 +152,10 @@ class ObstacleMemory:
     def __len__(self) -> int:
         return len(self.points)
 
-    def update(self, pose, ranges: np.ndarray, t: float, uncertainty: float = 0.0) -> None:
+    def update(self, pose, ranges: np.ndarray, t: float, uncertainty: float = 0.0, known=None) -> None:
         """Fold one frame in: clear remembered points the camera now sees through, add the new ray
-        ends (rays at ``max_range`` see nothing), forget old and far points. A clock that ran
+        ends (rays at ``max_range`` see nothing; ``known(points) -> bool mask`` drops the ones the
+        static map already has), forget old and far points. A clock that ran
         backwards (sim reset) empties the memory."""
         c = self.cfg
         if self._t is not None and t < self._t:
@@ -176,6 +177,8 @@ class ObstacleMemory:
             hit = ranges < c.max_range * 0.97
             ang = yaw + c.bearings()[hit]
             new = np.stack([cx + ranges[hit] * np.cos(ang), cy + ranges[hit] * np.sin(ang)], 1)
+            if known is not None and len(new):      # already on the map: the map's critic has it
+                new = new[~np.asarray(known(new), dtype=bool)]
             pts, st = np.concatenate([pts, new]), np.concatenate([st, np.full(len(new), t)])
         if len(pts) > self.max_points:
             pts, st = pts[-self.max_points:], st[-self.max_points:]
