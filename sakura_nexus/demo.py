@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sakura_nexus import bringup
+from sakura_nexus.params import POLICY
 from sakura_nexus.paths import config_file
 
 NODE_ORDER = ("sim_node", "perception_node", "world_model_node", "policy_node")
@@ -802,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out/demo", help="report directory")
     # Default: the world-model MPC (with the cell map sim_node publishes) drives; go_to_goal is the baseline
     # that ignores the model (it hits obstacles that block the straight line, hence --straight by default).
-    ap.add_argument("--controller", default="mpc", choices=("mpc", "go_to_goal"))
+    ap.add_argument("--controller", default=POLICY["controller"].default, choices=POLICY["controller"].choices,
+                    help=POLICY["controller"].description)
     ap.add_argument("--straight", action=argparse.BooleanOptionalAction, default=None,
                     help="only goals reachable on an obstacle-free straight line (default: with go_to_goal)")
     ap.add_argument("--fleet", action="store_true",

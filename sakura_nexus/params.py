@@ -154,6 +154,8 @@ PERCEPTION = NodeSchema(
     (
         P("checkpoint", str, "", "Encoder payload file; empty = the shipped models/encoder.bin.",
           read_only=True),
+        P("range_head", str, "", "Free-range (obstacle) head file run on the encoder's input; empty = the shipped "
+          "models/range_head.bin; 'none' = off (Observation.free_range left empty).", read_only=True),
         P("encoder_version", int, 0, "Version reported for the loaded checkpoint (0 = as in the file). "
           "Model updates raise it.", "", 0, 2**31 - 1, read_only=True),
         P("device", str, "cpu", "Inference device; cuda falls back to cpu with a warning.", "",
@@ -223,10 +225,15 @@ POLICY = NodeSchema(
     (
         P("checkpoint", str, "", "World-model checkpoint the planner rolls out; empty = the shipped one.",
           read_only=True),
-        P("controller", str, "mpc", "mpc = world-model MPPI; kinematic_mpc = the same MPPI, critics and safety "
-          "layer on a unicycle model from odometry and the limits (the baseline a Nav2 user would pick); "
-          "go_to_goal = proportional baseline ignoring the model.", "",
-          choices=("mpc", "kinematic_mpc", "go_to_goal")),
+        P("range_head", str, "", "Range head whose configuration (bins, field of view, camera offset) the "
+          "seen-obstacle memory of learned_mpc uses; empty = the shipped models/range_head.bin.", read_only=True),
+        P("obstacle_memory", float, 20.0, "learned_mpc: how long seen obstacles are remembered out of view.", "s",
+          0.5, 600.0),
+        P("controller", str, "mpc", "mpc = MPPI in the latent world model; learned_mpc = MPPI on the unicycle prior "
+          "with the online-learned velocity residual, avoiding what the camera's range head saw (Observation."
+          "free_range); kinematic_mpc = the same MPPI, critics and safety layer on a plain unicycle (the "
+          "baseline a Nav2 user would pick); go_to_goal = proportional baseline ignoring the model.", "",
+          choices=("mpc", "learned_mpc", "kinematic_mpc", "go_to_goal")),
         P("control_rate", float, 20.0, "Rate of the cmd_vel timer.", "Hz", 1.0, 200.0, read_only=True),
         P("odom_frame", str, "odom", "Frame goals must be given in (no tf is assumed).", read_only=True),
         P("twist_stamped", bool, False, "Publish geometry_msgs/TwistStamped instead of Twist.", read_only=True),

@@ -8,6 +8,7 @@ takes the newest frame, skipping and counting any frame that was overwritten bef
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -22,6 +23,7 @@ from sakura_nexus.models.encoder import ENCODER_ID, encoder_from_bytes, inferenc
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.msg import ModelUpdate, Observation
 from sakura_nexus.params import PERCEPTION
+from sakura_nexus.paths import models_dir
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
 
@@ -115,6 +117,15 @@ class PerceptionNode(NexusNode):
             self.get_logger().error(f"cannot load encoder checkpoint {p.checkpoint!r}: {e}")
             return TransitionCallbackReturn.FAILURE
         self._encoder = _Encoder(enc, p.encoder_version or enc.version)
+        self._range_head = None
+        if p.range_head != "none":
+            from sakura_nexus.models.obstacles import load_range_head
+
+            try:
+                self._range_head = load_range_head(p.range_head or models_dir() / "range_head.bin")
+            except Exception as e:  # noqa: BLE001 - the embedding still works without it
+                self.get_logger().warning(f"no range head ({e}): Observation.free_range stays empty")
+        self.diag.set("range_head", "loaded" if self._range_head is not None else "off")
         self._pub = self.create_lifecycle_publisher(Observation, "observation", state_qos())
         sqos = sensor_qos(p.sensor_reliability, p.sensor_depth)
         self.create_subscription(Image, "image_raw", self._on_image, sqos)
@@ -229,7 +240,8 @@ class PerceptionNode(NexusNode):
             self.drop("quality", f"quality {q:.2f} < {p.quality_min}")
             return
         encoder = self._encoder
-        emb = encoder(vision.normalise(small, cfg))
+        x = vision.normalise(small, cfg)
+        emb = encoder(x)
         if not np.all(np.isfinite(emb)):
             self.drop("nan_embedding")
             return
@@ -239,6 +251,15 @@ class PerceptionNode(NexusNode):
         out.model_version = encoder.version
         out.embedding = emb.astype(np.float32)
         out.quality = q
+        head = self._range_head
+        if head is not None:
+            ranges, unc = head.predict(torch.from_numpy(x)[None])
+            if np.all(np.isfinite(ranges)) and math.isfinite(unc):
+                rc = head.range_config
+                out.free_range = ranges.astype(np.float32)
+                out.free_range_fov, out.free_range_max, out.free_range_uncertainty = rc.hfov, rc.max_range, unc
+            else:
+                self.diag.count("nan_free_range")
         out.compute_time = time.perf_counter() - t0
         out.latency = self.get_clock().now().nanoseconds * 1e-9 - stamp
         self._pub.publish(out)
