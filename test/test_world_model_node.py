@@ -216,7 +216,7 @@ class SimFeed:
     def _stamp(t):
         from builtin_interfaces.msg import Time
 
-        return Time(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)) % 10**9)
+        return Time(sec=int(round(t * 1e9)) // 10**9, nanosec=int(round(t * 1e9)) % 10**9)
 
     def odom(self, t):
         from nav_msgs.msg import Odometry

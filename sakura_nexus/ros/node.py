@@ -159,7 +159,14 @@ class NexusNode(LifecycleNode):
                 return False
             self._log_marks[key] = now
             n = self._log_suppressed.pop(key, 0)
-        getattr(self.get_logger(), level)(text + (f" [{n} more like it since the last report]" if n else ""))
+        text += f" [{n} more like it since the last report]" if n else ""
+        logger = self.get_logger()  # one call site per severity: rclpy refuses a site that changes severity
+        if level == "error":
+            logger.error(text)
+        elif level == "info":
+            logger.info(text)
+        else:
+            logger.warning(text)
         return True
 
     # --- model updates ----------------------------------------------------------------------
