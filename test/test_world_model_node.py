@@ -131,8 +131,9 @@ def test_alignment_deltas_and_model_update(ros_node, ckpt_dir, fleet):
         payload = world_model_to_bytes(WorldModel(), version=7)
         evil = world_model_to_bytes(WorldModel(), version=7)
         good = signed_update(signer, "world_model", 7, payload)
+        tampered = {"payload": evil, "sha256": sha256_hex(evil)}
         for bad in (signed_update(None, "world_model", 7, payload), signed_update(attacker, "world_model", 7, payload),
-                    signed_update(signer, "world_model", 7, payload, tamper={"payload": evil, "sha256": sha256_hex(evil)})):
+                    signed_update(signer, "world_model", 7, payload, tamper=tampered)):
             feed.update_pub.publish(bad)
             feed.run(0.3)
         assert all(s.model_version == 1 for s in feed.states)
