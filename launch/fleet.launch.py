@@ -13,7 +13,9 @@ so the initial global model equals the robots' base weights and version:
         --buffer-size <buffer_size> --clip-norm 10.0 --sync-interval 2.0 --init-world-model <checkpoint|shipped>
 
 Its state (checkpoints, de-dup table, status.json, logs) persists in ``aggregator_dir``: a relaunch
-resumes the global model and version from there.
+resumes the global model and version from there. The fleet's model-signing key pair is
+``<aggregator_dir>/keys`` (generated on the first launch, kept afterwards): the aggregator signs every
+global model with it and every robot node gets its public half as ``trusted_keys``.
 """
 
 import os
@@ -25,6 +27,16 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
 from sakura_nexus.federated.launcher import aggregator_command
+from sakura_nexus.federated.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
+
+
+def _fleet_keys(context) -> tuple[str, str]:
+    """(private key, trusted keys file) of this fleet; generated once in <aggregator_dir>/keys."""
+    d = os.path.join(LaunchConfiguration("aggregator_dir").perform(context), "keys")
+    priv, pub = os.path.join(d, PRIVATE_NAME), os.path.join(d, PUBLIC_NAME)
+    if not (os.path.exists(priv) and os.path.exists(pub)):
+        priv, pub = generate_keys(d, "fleet.launch.py")
+    return priv, pub
 
 
 def _robots(context, *args, **kwargs):
@@ -38,6 +50,7 @@ def _robots(context, *args, **kwargs):
                 "namespace": f"robot{i}", "seed": str(i),
                 "params_file": LaunchConfiguration("params_file"),
                 "superlink": LaunchConfiguration("superlink"),
+                "trusted_keys": _fleet_keys(context)[1],
                 "log_level": LaunchConfiguration("log_level"),
             }.items(),
         ))
@@ -54,6 +67,7 @@ def _aggregator(context, *args, **kwargs):
         LaunchConfiguration("aggregator_dir").perform(context), port=int(port), host=host or "127.0.0.1",
         init_world_model=LaunchConfiguration("checkpoint").perform(context) or "shipped",
         buffer_size=int(LaunchConfiguration("buffer_size").perform(context)),
+        signing_key=_fleet_keys(context)[0],
         executable=[script] if os.path.exists(script) else None)
     # SIGINT first: the aggregator stops its ServerApp and SuperLink (needs a few seconds)
     return [ExecuteProcess(cmd=cmd, name="aggregator", output="screen", sigterm_timeout="30",

@@ -7,7 +7,8 @@ Include it from your own launch file:
         launch_arguments={'namespace': 'robot1', 'use_sim_time': 'true',
                           'camera_topic': '/front_camera/image_raw'}.items())
 
-Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync and the topic remaps
+Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync, trusted_keys (the
+fleet's public keys that model updates must be signed with; given here it overrides params_file) and the topic remaps
 camera_topic, camera_info_topic, odom_topic, cmd_vel_topic, map_topic. The same use_sim_time goes to every node.
 """
 
@@ -15,13 +16,36 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from sakura_nexus.bringup import NEXUS, TOPIC_DEFAULTS
+
+
+def _nodes(context, *args, **kwargs):
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    autostart = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
+    trusted_keys = LaunchConfiguration("trusted_keys").perform(context)
+    nodes = []
+    for spec in NEXUS:
+        extra = {"use_sim_time": use_sim_time, "autostart": autostart}
+        if trusted_keys:  # every node that applies (or publishes) model updates checks their signatures
+            extra["trusted_keys"] = trusted_keys
+        if spec.name == "federated_sync_node":
+            extra["superlink"] = LaunchConfiguration("superlink")
+        nodes.append(Node(
+            package="sakura_nexus", executable=spec.executable, name=spec.name,
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), extra],
+            remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in spec.remaps.items()],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            condition=IfCondition(LaunchConfiguration("with_sync")) if spec.name == "federated_sync_node" else None,
+            output="screen", emulate_tty=True,
+        ))
+    return nodes
 
 
 def generate_launch_description():
@@ -37,23 +61,10 @@ def generate_launch_description():
         DeclareLaunchArgument("with_sync", default_value="true", description="Start federated_sync_node"),
         DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092",
                               description="Fleet aggregator (Flower SuperLink Fleet API) address"),
+        DeclareLaunchArgument("trusted_keys", default_value="",
+                              description="Trusted fleet keys file (model updates are signed); empty = as in "
+                                          "params_file"),
     ] + [DeclareLaunchArgument(k, default_value=v, description=f"Remap of {v}") for k, v in TOPIC_DEFAULTS.items()]
 
-    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
-    autostart = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
-    nodes = []
-    for spec in NEXUS:
-        extra = {"use_sim_time": use_sim_time, "autostart": autostart}
-        if spec.name == "federated_sync_node":
-            extra["superlink"] = LaunchConfiguration("superlink")
-        nodes.append(Node(
-            package="sakura_nexus", executable=spec.executable, name=spec.name,
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("params_file"), extra],
-            remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in spec.remaps.items()],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-            condition=IfCondition(LaunchConfiguration("with_sync")) if spec.name == "federated_sync_node" else None,
-            output="screen", emulate_tty=True,
-        ))
     profile = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))
-    return LaunchDescription([*args, profile, *nodes])
+    return LaunchDescription([*args, profile, OpaqueFunction(function=_nodes)])

@@ -22,6 +22,7 @@ def generate_launch_description():
         DeclareLaunchArgument("seed", default_value="0", description="Factory layout seed"),
         DeclareLaunchArgument("with_sync", default_value="true"),
         DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092"),
+        DeclareLaunchArgument("trusted_keys", default_value="", description="Trusted fleet keys file"),
     ]
     sim = Node(
         package="sakura_nexus", executable="sim_node", name="sim_node", namespace=LaunchConfiguration("namespace"),
@@ -35,6 +36,7 @@ def generate_launch_description():
             "namespace": LaunchConfiguration("namespace"), "use_sim_time": "true",
             "params_file": LaunchConfiguration("params_file"), "log_level": LaunchConfiguration("log_level"),
             "with_sync": LaunchConfiguration("with_sync"), "superlink": LaunchConfiguration("superlink"),
+            "trusted_keys": LaunchConfiguration("trusted_keys"),
         }.items(),
     )
     env = [SetEnvironmentVariable("MUJOCO_GL", "egl"),

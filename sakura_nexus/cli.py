@@ -21,6 +21,8 @@ COMMANDS = {
                          "teach the camera's free-range (obstacle) head in the sim"),
     "aggregator": ("sakura_nexus.federated.aggregator", "aggregator_main",
                    "start the fleet aggregator (Flower SuperLink + ServerApp); no ROS needed"),
+    "fleet-keys": ("sakura_nexus.federated.signing", "keys_main",
+                   "generate the fleet's model-signing key pair / list trusted keys"),
     "supernode": ("sakura_nexus.federated.aggregator", "supernode_main", "start a Flower SuperNode for one robot"),
     "fleet-experiment": ("sakura_nexus.federated.experiment", "experiment_main",
                          "4-site federated vs local vs centralized experiment (ROS-free)"),

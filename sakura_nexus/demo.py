@@ -599,15 +599,18 @@ class Pipeline:
         t0 = time.monotonic()
         try:
             ov = self.overrides
+            # fleet mode: a signing key pair for this run; the aggregator signs, every node trusts its public half
+            keys = _fleet_keys(self.out) if self.fleet else None
+            trust = {"trusted_keys": keys[1]} if keys else {}
             self.sup.start(bringup.SIM, {"seed": self.seed, **ov.get("sim_node", {})})
-            self.sup.start(bringup.PERCEPTION, ov.get("perception_node"))
-            self.sup.start(bringup.WORLD_MODEL, {"state_dir": str(self.out / "state" / "world_model"),
+            self.sup.start(bringup.PERCEPTION, {**trust, **(ov.get("perception_node") or {})})
+            self.sup.start(bringup.WORLD_MODEL, {**trust, "state_dir": str(self.out / "state" / "world_model"),
                                                  # fleet mode: deltas every 3 s so a short demo sees a round
                                                  **({"delta_period": 3.0} if self.fleet else {}),
                                                  **ov.get("world_model_node", {})})
-            self.sup.start(bringup.POLICY, {"controller": self.controller, **ov.get("policy_node", {})})
+            self.sup.start(bringup.POLICY, {**trust, "controller": self.controller, **ov.get("policy_node", {})})
             if self.fleet:
-                _start_fleet(self.sup, self.out)
+                _start_fleet(self.sup, self.out, keys)
             self.mission = Mission(**self._mission_kw)
             self._wait_up()
         except BaseException:
@@ -886,16 +889,27 @@ def _wait_for_global_model(mission: Mission, timeout: float) -> None:
     print("no new global model within the wait (see logs/aggregator.log)", flush=True)
 
 
-def _start_fleet(sup: Supervisor, out: pathlib.Path) -> None:
-    """Aggregator (starting from the robots' shipped world model) + this robot's sync node."""
+def _fleet_keys(out: pathlib.Path) -> tuple[str, str]:
+    """(private key, trusted-keys file) of the demo fleet, in <out>/state/keys (new for every output dir)."""
+    from sakura_nexus.federated.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
+
+    d = out / "state" / "keys"
+    if (d / PRIVATE_NAME).exists() and (d / PUBLIC_NAME).exists():
+        return str(d / PRIVATE_NAME), str(d / PUBLIC_NAME)
+    return generate_keys(str(d), "sakura-nexus demo")
+
+
+def _start_fleet(sup: Supervisor, out: pathlib.Path, keys: tuple[str, str]) -> None:
+    """Aggregator (starting from the robots' shipped world model, signing with ``keys[0]``) + this robot's
+    sync node (trusting ``keys[1]``)."""
     from sakura_nexus.federated.launcher import aggregator_command, free_port, wait_healthy
 
     port = free_port()
     sup.start_command("aggregator", aggregator_command(str(out / "state" / "aggregator"), port=port,
                                                        init_world_model="shipped", buffer_size=1,
-                                                       sync_interval=2.0))
+                                                       sync_interval=2.0, signing_key=keys[0]))
     wait_healthy("127.0.0.1", port, 90, proc=sup.procs["aggregator"])
-    sup.start(bringup.FEDERATED_SYNC, {"superlink": f"127.0.0.1:{port}",
+    sup.start(bringup.FEDERATED_SYNC, {"trusted_keys": keys[1], "superlink": f"127.0.0.1:{port}",
                                        "spool_dir": str(out / "state" / "spool"),
                                        "egress_audit_dir": str(out / "state" / "egress")})
 

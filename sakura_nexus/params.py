@@ -117,6 +117,17 @@ _COMMON = (
     P("diagnostics_period", float, 1.0, "Period of the /diagnostics status message.", "s", 0.1, 60.0),
     P("autostart", bool, True, "Configure and activate the lifecycle node on start-up (like Nav2's autostart).",
       read_only=True),
+    P("trusted_keys", str, "", "File of the fleet's Ed25519 public keys (one 'ed25519 <base64>' per line; "
+      "re-read when it changes). Model updates must be signed by one of them (docs/federated.md); "
+      "empty = every model update is refused.", read_only=True),
+)
+
+# Shared by the nodes that buffer or align inputs by stamp.
+_CLOCK = (
+    P("max_clock_offset", float, 1.0, "Inputs stamped further than this ahead of the node's clock are dropped "
+      "as foreign-clock (they never become the time reference). The node's clock stepping back resets the "
+      "time-dependent buffers; a step forward by more than this (beyond the wall time elapsed) is counted.",
+      "s", 0.01, 3600.0),
 )
 
 SIM = NodeSchema(
@@ -182,6 +193,7 @@ PERCEPTION = NodeSchema(
           choices=("best_effort", "reliable"), read_only=True),
         P("sensor_depth", int, 1, "History depth of the image subscription (1 = latest frame wins; the "
           "inference thread always takes only the newest frame).", "frames", 1, 1000, read_only=True),
+        *_CLOCK,
         *_COMMON,
     ),
 )
@@ -215,6 +227,7 @@ WORLD_MODEL = NodeSchema(
         P("checkpoint_period", float, 30.0, "Period of atomic checkpoints (needs state_dir).", "s", 1.0, 86400.0),
         P("twist_stamped", bool, False, "cmd_vel is geometry_msgs/TwistStamped instead of Twist.",
           read_only=True),
+        *_CLOCK,
         *_COMMON,
     ),
 )
@@ -269,6 +282,9 @@ POLICY = NodeSchema(
           "the goal term; without a map, or false, the goal term is the straight-line distance."),
         P("map_clearance", float, 0.362, "Obstacle inflation of the map cost-to-go (robot radius + margin): "
           "passages narrower than twice this are closed on the map.", "m", 0.0, 5.0),
+        P("max_goal_distance", float, 1000.0, "Goals with |x| or |y| beyond this are refused as absurd.", "m",
+          1.0, 1e6),
+        *_CLOCK,
         *_COMMON,
     ),
 )

@@ -130,3 +130,24 @@ class SpinningNode:
     def close(self):
         self._executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
+
+
+def signed_update(signer, model_id: str, version: int, payload: bytes, codec: str = "state-dict-v1",
+                  tamper: dict | None = None):
+    """A ModelUpdate signed by ``signer`` (sakura_nexus.federated.signing.Signer; None = unsigned); ``tamper``
+    replaces fields after signing."""
+    from sakura_nexus.models.serialization import sha256_hex
+    from sakura_nexus.msg import ModelUpdate
+
+    msg = ModelUpdate(model_id=model_id, version=version, codec=codec, payload=payload, sha256=sha256_hex(payload))
+    if signer is not None:
+        msg.key_id, msg.signature = signer.key_id, signer.sign(model_id, version, codec, payload)
+    for k, v in (tamper or {}).items():
+        setattr(msg, k, v)
+    return msg
+
+
+def diag_values(diags: list, node: str) -> dict:
+    """Key/values of the newest /diagnostics status of ``node`` in a collected DiagnosticArray list."""
+    st = [st for a in list(diags) for st in a.status if node in st.name]
+    return {x.key: x.value for x in st[-1].values} if st else {}

@@ -111,10 +111,10 @@ def _status(store):
 
 
 def _flat(payload: bytes) -> np.ndarray:
-    from sakura_nexus.federated.weights import world_model_vector
-    from sakura_nexus.models.world_model import world_model_from_bytes
+    """The flat weight vector of a model_update payload (flat-vector-v1: the aggregator's signed global model)."""
+    from sakura_nexus.federated.codecs import decode
 
-    return world_model_vector(world_model_from_bytes(payload))
+    return decode(payload)
 
 
 def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp_path, fast_flower):
@@ -127,12 +127,15 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
     t0 = time.monotonic()
     ckpt_dir, n_params = ckpt
     robots = ("robot1", "robot2")
+    from sakura_nexus.federated.signing import generate_keys
+
     store, port = str(tmp_path / "agg"), free_port()
+    signing_key, trusted = generate_keys(str(tmp_path / "keys"))  # the aggregator signs, the robots trust
     agg_log = open(tmp_path / "aggregator.log", "w")  # noqa: SIM115
     agg = subprocess.Popen(
         [sys.executable, "-m", "sakura_nexus", "aggregator", "--store-dir", store, "--port", str(port),
          "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "2",
-         "--allowed-codecs", CODEC, "--clip-norm", "10"],
+         "--allowed-codecs", CODEC, "--clip-norm", "10", "--signing-key", signing_key],
         stdout=subprocess.PIPE, stderr=agg_log, text=True, start_new_session=True)
     procs: list[NodeProcess] = []
     feed = Feed(ros_node, robots)
@@ -145,7 +148,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
         for r in robots:
             procs.append(NodeProcess("world_model", {
                 "checkpoint": str(ckpt_dir), "delta_period": 1.5, "max_input_age": 2.0,
-                "learning_steps_per_s": 10.0, "batch_size": 8}, namespace=f"/{r}"))
+                "learning_steps_per_s": 10.0, "batch_size": 8, "trusted_keys": trusted}, namespace=f"/{r}"))
         feed.start()
         # sync nodes once the SuperLink answers (a SuperNode that finds none backs off for many seconds)
         assert wait_healthy("127.0.0.1", port, 90, proc=agg), open(tmp_path / "aggregator.log").read()[-3000:]
@@ -153,7 +156,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
             procs.append(NodeProcess("federated_sync", {
                 "checkpoint": str(ckpt_dir), "spool_dir": str(tmp_path / f"spool_{r}"),
                 "superlink": f"127.0.0.1:{port}", "codec": CODEC, "clip_norm": 10.0, "poll_period": 0.5,
-                "egress_audit_dir": audit[r]}, namespace=f"/{r}"))
+                "egress_audit_dir": audit[r], "trusted_keys": trusted}, namespace=f"/{r}"))
         started = json.loads(agg.stdout.readline() or "{}")
         assert started.get("event") == "aggregator_started", open(tmp_path / "aggregator.log").read()[-3000:]
         assert started["init"]["version"] == 1 and started["init"]["size"] == n_params
@@ -207,6 +210,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
         for r in robots:
             u = [u for u in got[r]["updates"] if u.version == v_agg]
             assert u, (r, [x.version for x in got[r]["updates"]])
+            assert u[-1].codec == "flat-vector-v1" and len(u[-1].signature) == 64, (u[-1].codec, u[-1].key_id)
             np.testing.assert_array_equal(_flat(bytes(u[-1].payload)), ref)
         # sync_status
         for r in robots:

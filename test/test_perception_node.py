@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import NodeProcess, wait_for
+from helpers import NodeProcess, signed_update, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -207,10 +207,12 @@ def test_fuzzed_images_never_kill_the_node_and_are_all_counted(ros_node, encoder
 
 
 def test_live_parameters_and_hot_swap(ros_node, encoder_files):
-    from sakura_nexus.models.serialization import sha256_hex
-    from sakura_nexus.msg import ModelUpdate
+    from sakura_nexus.federated.signing import Signer, generate_keys
 
-    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0])})
+    keydir = encoder_files[0].parent / "keys_hot_swap"
+    signer, trusted = Signer.load(generate_keys(str(keydir))[0]), str(keydir / "fleet_keys.pub")
+    attacker = Signer.load(generate_keys(str(keydir / "attacker"))[0])
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0]), "trusted_keys": trusted})
     try:
         rgb = _scene()
         a = rig.embed(rgb)
@@ -235,13 +237,18 @@ def test_live_parameters_and_hot_swap(ros_node, encoder_files):
         assert 1 <= len(rig.obs) - n0 <= 5
         rig.ros.set_params("perception_node", {"rate_limit": 0.0})
 
-        # hot swap mid-stream: every frame gets an observation, the version switches v1 -> v2
+        # unsigned and foreign-key updates are refused, the encoder kept
         payload = encoder_files[1]
+        rig.model_pub.publish(signed_update(None, "encoder", 2, payload))
+        assert wait_for(lambda: "dropped input (model_update_unsigned)" in rig.proc.output(), 10)
+        rig.model_pub.publish(signed_update(attacker, "encoder", 2, payload))
+        assert wait_for(lambda: "dropped input (model_update_unknown_key)" in rig.proc.output(), 10)
+        assert rig.embed(rgb).model_version == 1
+        # hot swap mid-stream (signed): every frame gets an observation, the version switches v1 -> v2
         stamps, versions = [], []
         for i in range(30):
             if i == 10:
-                rig.model_pub.publish(ModelUpdate(model_id="encoder", version=2, codec="state-dict-v1",
-                                                  payload=payload, sha256=sha256_hex(payload)))
+                rig.model_pub.publish(signed_update(signer, "encoder", 2, payload))
             o = rig.embed(_scene(seed=i % 3))
             stamps.append(o.header.stamp)
             versions.append(o.model_version)
@@ -250,9 +257,9 @@ def test_live_parameters_and_hot_swap(ros_node, encoder_files):
         first2 = versions.index(2)
         assert all(v == 2 for v in versions[first2:])
         # a corrupt update (bad sha) is refused; the old model keeps running
-        rig.model_pub.publish(ModelUpdate(model_id="encoder", version=3, codec="state-dict-v1", payload=payload,
-                                          sha256=hashlib.sha256(b"other").hexdigest()))
-        assert wait_for(lambda: "rejected encoder update v3" in rig.proc.output(), 10)
+        rig.model_pub.publish(signed_update(signer, "encoder", 3, payload,
+                                            tamper={"sha256": hashlib.sha256(b"other").hexdigest()}))
+        assert wait_for(lambda: "dropped input (model_update_sha256_mismatch)" in rig.proc.output(), 10)
         assert rig.embed(rgb).model_version == 2
     finally:
         rig.proc.stop()

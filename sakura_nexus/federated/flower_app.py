@@ -72,7 +72,9 @@ def handle_sync(req: SyncRequest, spool: Spool, robot_id: str | None = None) -> 
     if req.acks:
         spool.ack([parse_ack(a) for a in req.acks])
     if req.model_payload is not None:
-        spool.inbox.put(req.model_version, req.model_payload, model_id=req.model_id)
+        # the signature travels with the model (federated_sync_node checks it before publishing)
+        spool.inbox.put(req.model_version, req.model_payload, model_id=req.model_id,
+                        meta={"key_id": req.model_key_id, "signature": req.model_signature.hex()})
     rid = robot_id or ""
     pending = spool.pending(robot_id)
     if not rid and pending:
@@ -139,6 +141,7 @@ class ServerOptions:
     max_batch_bytes: int = 8 << 20
     status_interval_s: float = 1.0
     lock_timeout_s: float = 60.0
+    signing_key: str = ""  # Ed25519 private key (PEM) that signs every global model sent down
 
     @classmethod
     def from_run_config(cls, rc: dict) -> ServerOptions:
@@ -146,7 +149,7 @@ class ServerOptions:
         for f in cls.__dataclass_fields__.values():
             key = f.name.replace("_", "-")
             if key in rc:
-                kw[f.name] = str(rc[key]) if f.name in ("store_dir", "model_id", "model_codec") \
+                kw[f.name] = str(rc[key]) if f.name in ("store_dir", "model_id", "model_codec", "signing_key") \
                     else type(f.default)(rc[key])
         if not kw.get("store_dir"):
             raise ValueError("run config 'store-dir' is required")
@@ -177,6 +180,15 @@ class FedBuffServerLoop:
         self._last_nodes = 0.0
         self._last_status = 0.0
         self.started = time.time()
+        self.signer = None
+        if opts.signing_key:
+            from .signing import Signer
+
+            self.signer = Signer.load(opts.signing_key)
+            LOG.info("global models are signed with key %s", self.signer.key_id)
+        else:
+            LOG.warning("no signing-key: global models go out unsigned and robots will refuse them")
+        self._signature: tuple[int, bytes] | None = None  # (version, signature) of the current model
 
     def stop_requested(self) -> bool:
         o = self.opts
@@ -230,6 +242,9 @@ class FedBuffServerLoop:
             if node.have_version < self.agg.version:
                 req.model_version = self.agg.version
                 req.model_payload = self.agg.model_payload(self.opts.model_codec)
+                if self.signer is not None:
+                    req.model_key_id, req.model_signature = self.signer.key_id, self._sign(
+                        self.agg.version, req.model_payload)
             msgs.append(Message(_to_recorddict(req.to_records()), dst_node_id=nid, message_type=MESSAGE_TYPE,
                                 ttl=self.opts.message_ttl_s))
             targets.append((nid, len(req.model_payload or b"")))
@@ -244,6 +259,13 @@ class FedBuffServerLoop:
             node.acks = []  # delivered with this message; a lost message means resend -> duplicate -> re-ack
             self.stats["messages_sent"] += 1
             self.stats["bytes_out"] += nbytes
+
+    def _sign(self, version: int, payload: bytes) -> bytes:
+        from .weights import FLAT_VECTOR
+
+        if self._signature is None or self._signature[0] != version:
+            self._signature = (version, self.signer.sign(self.opts.model_id, version, FLAT_VECTOR, payload))
+        return self._signature[1]
 
     def _pull(self, now: float) -> None:
         inflight = {n.inflight: nid for nid, n in self.nodes.items() if n.inflight}

@@ -736,6 +736,9 @@ def aggregator_main(argv: list[str] | None = None) -> int:
                         "the initial global model (<store-dir>/init_world_model.npy) with the checkpoint's "
                         "version; sets --init-model/--init-version/--model-size. Ignored on a restart "
                         "(the store's checkpoint wins)")
+    p.add_argument("--signing-key", default=None, metavar="PEM",
+                   help="Ed25519 private key that signs every global model (sakura-nexus fleet-keys generate); "
+                        "robots refuse unsigned models (docs/federated.md)")
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Flower run-config entry (TOML value), repeatable")
     p.add_argument("--ssl-certfile", default=None)
@@ -759,6 +762,14 @@ def aggregator_main(argv: list[str] | None = None) -> int:
         v = getattr(a, flag[2:].replace("-", "_"))
         if v is not None:
             rc[key] = v
+    if a.signing_key:
+        from .signing import Signer
+
+        try:
+            Signer.load(a.signing_key)
+        except (OSError, ValueError) as e:
+            p.error(f"--signing-key: {e}")
+        rc["signing-key"] = os.path.abspath(a.signing_key)
     for item in a.run_config:
         k, _, v = item.partition("=")
         rc[k.strip()] = _parse_scalar(v.strip())
@@ -808,7 +819,8 @@ def aggregator_main(argv: list[str] | None = None) -> int:
 def aggregator_command(store_dir: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
                        init_world_model: str | None = "shipped", buffer_size: int = 2, clip_norm: float = 10.0,
                        sync_interval: float = 2.0, allowed_codecs: str | None = None,
-                       executable: list[str] | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+                       signing_key: str | None = None, executable: list[str] | None = None,
+                       extra: tuple[str, ...] = ()) -> list[str]:
     """The ``sakura-nexus aggregator`` command line for a fleet whose robots run ``init_world_model``
     (checkpoint dir / world_model.bin / ``shipped``): used by launch/fleet.launch.py and the demo.
     ``executable`` defaults to ``[python, -m, sakura_nexus]``."""
@@ -820,6 +832,8 @@ def aggregator_command(store_dir: str, *, port: int = DEFAULT_PORT, host: str = 
         cmd += ["--init-world-model", str(init_world_model)]
     if allowed_codecs:
         cmd += ["--allowed-codecs", allowed_codecs]
+    if signing_key:
+        cmd += ["--signing-key", str(signing_key)]
     return cmd + list(extra)
 
 

@@ -5,7 +5,9 @@ One exchange = one Flower message of type ``"train"`` from the ServerApp to a Su
 Server -> robot (``RecordDict``):
     ``sync``  ConfigRecord: proto, global_version, model_id, acks (list of "robot:first:last"),
               has_model, max_batch, max_batch_bytes
-    ``model`` ConfigRecord (only when the robot's inbox is behind): version, payload (codec bytes), sha256
+    ``model`` ConfigRecord (only when the robot's inbox is behind): version, payload (codec bytes), sha256,
+              key_id, signature (the aggregator's Ed25519 signature of the update, codec
+              ``flat-vector-v1``: :mod:`sakura_nexus.federated.signing`; empty when it has no key)
 
 Robot -> server:
     ``sync``   ConfigRecord: proto, robot_id, have_version, more, spool_pending, spool_bytes, error
@@ -46,6 +48,8 @@ class SyncRequest:
     model_payload: bytes | None = None
     max_batch: int = 16
     max_batch_bytes: int = 8 << 20
+    model_key_id: str = ""
+    model_signature: bytes = b""
 
     def to_records(self) -> dict[str, dict]:
         out = {"sync": {"proto": PROTO_VERSION, "global_version": int(self.global_version),
@@ -54,7 +58,8 @@ class SyncRequest:
                         "max_batch_bytes": int(self.max_batch_bytes)}}
         if self.model_payload is not None:
             out["model"] = {"version": int(self.model_version), "payload": bytes(self.model_payload),
-                            "sha256": hashlib.sha256(self.model_payload).hexdigest()}
+                            "sha256": hashlib.sha256(self.model_payload).hexdigest(),
+                            "key_id": str(self.model_key_id), "signature": bytes(self.model_signature)}
         return out
 
     @classmethod
@@ -71,6 +76,7 @@ class SyncRequest:
             if hashlib.sha256(payload).hexdigest() != m.get("sha256"):
                 raise ValueError("global model payload sha256 mismatch")
             req.model_version, req.model_payload = int(m["version"]), payload
+            req.model_key_id, req.model_signature = str(m.get("key_id", "")), bytes(m.get("signature", b""))
         return req
 
 

@@ -20,8 +20,13 @@ import numpy as np
 from .durable import atomic_write
 
 SHIPPED = "shipped"
+# ModelUpdate codecs: a state-dict-v1 payload (world_model_to_bytes / encoder_to_bytes), or the
+# aggregator's global model as it was signed: a codecs payload of the flat parameter vector, which the
+# receiving node copies into (a copy of) the model it runs (whose buffers it keeps).
+STATE_DICT, FLAT_VECTOR = "state-dict-v1", "flat-vector-v1"
 
-__all__ = ["SHIPPED", "load_world_model", "vector_to_payload", "world_model_vector", "write_init_model"]
+__all__ = ["FLAT_VECTOR", "SHIPPED", "STATE_DICT", "load_world_model", "update_to_world_model_payload",
+           "vector_to_payload", "world_model_vector", "write_init_model"]
 
 
 def load_world_model(checkpoint: str | None = None):
@@ -65,6 +70,21 @@ def vector_to_payload(template, vector: np.ndarray, version: int) -> bytes:
             off += k
     template.version = int(version)
     return world_model_to_bytes(template, int(version))
+
+
+def update_to_world_model_payload(codec: str, payload: bytes, template, version: int) -> bytes:
+    """The ``world_model_to_bytes`` payload of a (verified) world-model update: ``state-dict-v1`` as it
+    is; ``flat-vector-v1`` decoded and copied into a deep copy of ``template`` (the running model,
+    which is not modified). Raises ValueError (CodecError) on a bad payload or an unknown codec."""
+    import copy
+
+    from .codecs import decode
+
+    if codec == STATE_DICT:
+        return bytes(payload)
+    if codec == FLAT_VECTOR:
+        return vector_to_payload(copy.deepcopy(template), decode(bytes(payload)), version)
+    raise ValueError(f"unknown model codec {codec!r}")
 
 
 def write_init_model(checkpoint: str | None, store_dir: str) -> dict:

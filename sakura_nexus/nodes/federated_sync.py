@@ -11,10 +11,12 @@ global models out. Thin adapter over :mod:`sakura_nexus.federated` (see docs/fed
   stopped with the node; it carries spooled payloads to the ``superlink`` and stores new global models
   in the spool inbox. Nothing else leaves the robot: no images, no embeddings, only codec payloads
   of weight deltas (``egress_audit_dir`` keeps a copy of every upstream message for audit).
-- Every ``poll_period``: a newer global model in the inbox is turned into a world-model payload (the
-  ``checkpoint``'s architecture and buffers, the flat global vector copied into its parameters in
-  ``named_parameters`` order) and published on ``model_update`` (transient-local, sha256), so
-  world_model_node and policy_node hot-swap it; ``sync_status`` reports the link.
+- Every ``poll_period``: a newer global model in the inbox is checked like every model update (the
+  aggregator's Ed25519 signature by a key in ``trusted_keys``, sha256, newer version:
+  :mod:`sakura_nexus.federated.signing`), its flat vector checked against the ``checkpoint``'s
+  parameter count, and published unchanged, with the aggregator's signature, on ``model_update``
+  (codec ``flat-vector-v1``, transient-local), so world_model_node and policy_node verify and
+  hot-swap it themselves; ``sync_status`` reports the link.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sakura_nexus.federated.durable import check_robot_id
 from sakura_nexus.federated.launcher import SuperNodeSupervisor
 from sakura_nexus.federated.spool import Spool
 from sakura_nexus.federated.uplink import DeltaUplink
+from sakura_nexus.federated.weights import FLAT_VECTOR
 from sakura_nexus.msg import ModelDelta, ModelUpdate, SyncStatus
 from sakura_nexus.params import FEDERATED_SYNC
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
@@ -47,7 +50,8 @@ class FederatedSyncNode(NexusNode):
         self.supernode: SuperNodeSupervisor | None = None
         self._template = None  # world model whose parameters receive global vectors
         self._n_params: int | None = None
-        self._published_version = -1
+        self._published_version = -1  # newest inbox version looked at
+        self._verified_version = -1   # newest version verified and published (the replay reference)
         self._last_error = ""
         self._error_kind = ""  # what clears it: "delta" (next spooled delta), "link" (next exchange),
         self._error_time = 0.0  # "model" (next published model); "" = stays
@@ -100,6 +104,7 @@ class FederatedSyncNode(NexusNode):
             self._n_params = self._template.num_parameters()
             # only global models newer than the checkpoint (policy_node would otherwise swap in an older one)
             self._published_version = int(self._template.version)
+            self._verified_version = self._published_version
         except Exception as e:  # noqa: BLE001 - deltas are still spooled; updates cannot be converted
             self._template, self._n_params = None, None
             self._error(f"cannot load world-model checkpoint {p.checkpoint or 'shipped'!r}: {e}; "
@@ -238,26 +243,37 @@ class FederatedSyncNode(NexusNode):
         got = self.spool.inbox.latest(MODEL_ID)
         if got is None:
             return
-        version, payload, _meta = got
+        version, payload, meta = got
         self._published_version = max(self._published_version, version)  # a bad version is not retried
+        from sakura_nexus.models.serialization import sha256_hex
+
+        msg = ModelUpdate(model_id=MODEL_ID, version=int(version), codec=FLAT_VECTOR, payload=payload,
+                          sha256=sha256_hex(payload), key_id=str(meta.get("key_id", "")))
+        try:
+            msg.signature = bytes.fromhex(str(meta.get("signature", "")))
+        except ValueError:
+            msg.signature = b""
+        if not self.accept_model_update(msg, MODEL_ID, self._verified_version):
+            self.diag.count("model_update_errors")
+            self._error(f"global model v{version} refused (see dropped_model_update_* in diagnostics)", "model",
+                        log=False)
+            return
         try:
             vec = decode(payload)
-            from sakura_nexus.federated.weights import vector_to_payload
-            from sakura_nexus.models.serialization import sha256_hex
-
-            out = vector_to_payload(self._template, vec, version)
+            if vec.size != self._n_params:
+                raise ValueError(f"{vec.size} values, the world model has {self._n_params} parameters")
         except (CodecError, ValueError) as e:
             self.diag.count("model_update_errors")
             self._error(f"global model v{version} not usable: {e}", "model")
             return
-        msg = ModelUpdate(model_id=MODEL_ID, version=int(version), codec="state-dict-v1", payload=out,
-                          sha256=sha256_hex(out))
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pubs["update"].publish(msg)
+        self._verified_version = int(version)
         self.diag.count("model_updates_published")
         self._clear_error("model")
         self.diag.set("global_version", int(version))
-        self.get_logger().info(f"published global world model v{version} ({len(out)} B)")
+        self.get_logger().info(f"published global world model v{version} ({len(payload)} B, signed by "
+                               f"{msg.key_id})")
 
     def _link_state(self, last_sync: dict | None) -> int:
         age = time.time() - float(last_sync["time"]) if last_sync else float("inf")

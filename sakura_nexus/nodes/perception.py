@@ -134,7 +134,11 @@ class PerceptionNode(NexusNode):
         self.get_logger().info(f"encoder {ENCODER_ID} v{self._encoder.version}; image_raw QoS {describe(sqos)}")
         self.diag.set("encoder_version", self._encoder.version)
         self.diag.level_from(self._level)
+        self.watch_clock(self._reset_time_state)
         return TransitionCallbackReturn.SUCCESS
+
+    def _reset_time_state(self) -> None:
+        self._last_publish = -1e18
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._stop.clear()
@@ -183,17 +187,17 @@ class PerceptionNode(NexusNode):
             self.drop("camera_info", str(e))
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
-        if msg.model_id != "encoder":
-            return
         current = self._encoder
+        if not self.accept_model_update(msg, "encoder", current.version if current else -1):
+            return
         try:
             enc = encoder_from_bytes(bytes(msg.payload), expected_sha256=msg.sha256,
                                      like=current.module if current else None)
             new = _Encoder(enc, int(msg.version))
             new(np.zeros((3, self._cfg.height, self._cfg.width), np.float32))  # compile before the swap
         except (PayloadError, ValueError, RuntimeError, KeyError) as e:
-            self.diag.count("model_update_rejected")
-            self.get_logger().error(f"rejected encoder update v{msg.version}: {e}")
+            self.drop("model_update_invalid", f"encoder update v{msg.version}: {e}; the current encoder is kept",
+                      level="error")
             return
         self._encoder = new  # atomic reference swap: the next frame uses it, the current one finishes
         self.diag.count("model_update_applied")
@@ -216,8 +220,10 @@ class PerceptionNode(NexusNode):
     def _process(self, msg: Image) -> None:
         p = self.params
         t0 = time.perf_counter()
-        now = self.get_clock().now().nanoseconds * 1e-9
+        now = self.checked_now()  # a backward jump resets the rate limiter's reference
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if self.future_stamp(stamp, now, "image"):  # a foreign clock must not become the reference
+            return
         if p.rate_limit > 0 and stamp - self._last_publish < 1.0 / p.rate_limit - 1e-6:
             self.diag.count("skipped_rate_limit")
             return

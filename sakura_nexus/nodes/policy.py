@@ -27,6 +27,7 @@ from sakura_nexus.control.baseline import GoToGoal
 from sakura_nexus.control.kinematic import UnicycleConfig, UnicycleModel
 from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
 from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
+from sakura_nexus.federated.weights import update_to_world_model_payload
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.models.world_model import world_model_from_bytes
 from sakura_nexus.msg import ModelUpdate, WorldState
@@ -144,6 +145,7 @@ class PolicyNode(NexusNode):
         self._ctg_thread.start()
         self._timer = self.create_timer(1.0 / p.control_rate, self._on_timer, callback_group=plan_group)
         self.diag.level_from(self._level)
+        self.watch_clock(self._reset_time_state)
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -170,12 +172,19 @@ class PolicyNode(NexusNode):
         frame = self.params.odom_frame
         if msg.header.frame_id != frame:
             self.diag.count("goals_refused")
-            self.get_logger().error(f"goal refused: frame '{msg.header.frame_id}' is not '{frame}' "
-                                    "(no tf is assumed; send goals in the odometry frame)")
+            self.drop("goal_frame", f"goal frame '{msg.header.frame_id}' is not '{frame}' "
+                                    "(no tf is assumed; send goals in the odometry frame)", level="error")
             return
-        p = msg.pose.position
-        if not all(map(math.isfinite, (p.x, p.y))):
+        p, q = msg.pose.position, msg.pose.orientation
+        if not all(map(math.isfinite, (p.x, p.y, q.x, q.y, q.z, q.w))):
+            self.diag.count("goals_refused")
             self.drop("goal_nan")
+            return
+        bound, qn = self.params.max_goal_distance, math.sqrt(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w)
+        if max(abs(p.x), abs(p.y)) > bound or abs(qn - 1.0) > 0.01:
+            self.diag.count("goals_refused")
+            self.drop("goal_absurd", f"goal ({p.x:.3g}, {p.y:.3g}) beyond max_goal_distance {bound:g} m or "
+                                     f"orientation not a unit quaternion (|q| {qn:.3g})")
             return
         yaw = _yaw(msg.pose.orientation)
         with self._lock:
@@ -194,7 +203,8 @@ class PolicyNode(NexusNode):
         q = msg.info.origin.orientation
         if msg.header.frame_id != frame:
             self.diag.count("maps_refused")
-            self.get_logger().error(f"map refused: frame '{msg.header.frame_id}' is not '{frame}' (no tf is assumed)")
+            self.drop("map_frame", f"map frame '{msg.header.frame_id}' is not '{frame}' (no tf is assumed)",
+                      level="error")
             return
         if abs(_yaw(q)) > 1e-6 or msg.info.resolution <= 0 or len(msg.data) != msg.info.width * msg.info.height:
             self.drop("bad_map", f"{msg.info.width}x{msg.info.height} cells, {len(msg.data)} values, "
@@ -244,7 +254,11 @@ class PolicyNode(NexusNode):
 
     def _on_odom(self, msg: Odometry) -> None:
         q = msg.pose.pose.orientation
-        self._pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
+        pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
+        if not all(map(math.isfinite, pose)) or max(abs(pose[0]), abs(pose[1])) > 1e4:
+            self.drop("bad_odom", f"pose {pose}")
+            return
+        self._pose = pose
         tw = msg.twist.twist
         if math.isfinite(tw.linear.x) and math.isfinite(tw.angular.z):
             self._velocity = (tw.linear.x, tw.angular.z)
@@ -264,14 +278,16 @@ class PolicyNode(NexusNode):
         return response
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
-        if msg.model_id != "world_model" or self._model is None:
+        current = self._model
+        if current is None or not self.accept_model_update(msg, "world_model", int(current.version)):
             return
         try:
-            model = world_model_from_bytes(bytes(msg.payload), expected_sha256=msg.sha256, like=self._model)
+            payload = update_to_world_model_payload(msg.codec, bytes(msg.payload), current, int(msg.version))
+            model = world_model_from_bytes(payload, like=current)
             model.version = int(msg.version)
         except (PayloadError, ValueError, KeyError, RuntimeError) as e:
-            self.diag.count("model_update_rejected")
-            self.get_logger().error(f"rejected world-model update v{msg.version}: {e}")
+            self.drop("model_update_invalid", f"world-model update v{msg.version}: {e}; the current model is kept",
+                      level="error")
             return
         planner = MPPIPlanner(model, self._mppi_config())
         with self._lock:
@@ -281,9 +297,16 @@ class PolicyNode(NexusNode):
         self.diag.count("model_update_applied")
         self.diag.set("world_model_version", msg.version)
 
+    def _reset_time_state(self) -> None:
+        """After a backward clock jump: the last world_state is from the old timeline (the watchdog
+        stops the robot until a new one arrives)."""
+        self._state, self._state_time = None, None
+
     def _on_world_state(self, msg: WorldState) -> None:
         self._callback_t0 = time.perf_counter()
         stamp = _stamp_s(msg.header.stamp)
+        if self.future_stamp(stamp, self.checked_now(), "world_state"):
+            return
         if not all(map(math.isfinite, (msg.pose_x, msg.pose_y, msg.uncertainty, msg.collision_risk))):
             self.drop("nan_world_state")
             return

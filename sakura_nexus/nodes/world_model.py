@@ -4,14 +4,17 @@ Thin adapter over :mod:`sakura_nexus.models` (WorldModel, OnlineLearner, checkpo
 
 - inputs are aligned by header stamp: an observation is paired with the odometry sample nearest in
   time (within ``align_tolerance``) and with the command in force at that time; unaligned or stale
-  inputs are dropped and counted;
+  inputs are dropped and counted; inputs stamped more than ``max_clock_offset`` ahead of the node's
+  clock (a foreign clock) are dropped before they can enter a buffer, and a backward jump of the
+  node's clock (sim reset, ``/clock`` restart) empties the buffers (:mod:`sakura_nexus.clock_guard`);
 - inference reads the learner's immutable NumPy snapshot, so the background learning thread never
   blocks a tick;
 - transitions for online learning pair ticks ``model_dt`` apart (as the model was trained);
 - ``model_delta`` every ``delta_period``: the change of all weights since the last global base
   version (a flat float32 vector, dense codec here; the sync node re-encodes, clips and privatises);
-- ``model_update`` (model_id ``world_model``) replaces the base weights between ticks and resets the
-  delta accounting; periodic atomic checkpoints in ``state_dir`` make restarts resume.
+- ``model_update`` (model_id ``world_model``, signed by a trusted fleet key and newer than the
+  running version: :meth:`NexusNode.accept_model_update`) replaces the base weights between ticks and
+  resets the delta accounting; periodic atomic checkpoints in ``state_dir`` make restarts resume.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from rclpy.lifecycle import State, TransitionCallbackReturn
 from std_msgs.msg import Bool
 
 from sakura_nexus.federated import codecs
+from sakura_nexus.federated.weights import update_to_world_model_payload
 from sakura_nexus.models.checkpoint import load_checkpoint
 from sakura_nexus.models.online import OnlineLearner, Transition
-from sakura_nexus.models.serialization import PayloadError, atomic_write
+from sakura_nexus.models.serialization import PayloadError, atomic_write, sha256_hex
 from sakura_nexus.msg import ModelDelta, ModelUpdate, Observation, WorldState
 from sakura_nexus.params import WORLD_MODEL
 from sakura_nexus.priority import deprioritise_current_thread
@@ -60,11 +64,13 @@ class _Series:
         self.t: deque[float] = deque(maxlen=maxlen)
         self.v: deque = deque(maxlen=maxlen)
 
-    def add(self, t: float, value) -> None:
+    def add(self, t: float, value) -> bool:
+        """Append; False (not added) for a sample older than the newest one (the series stays sorted)."""
         if self.t and t < self.t[-1]:
-            return  # out of order: keep the series sorted
+            return False
         self.t.append(t)
         self.v.append(value)
+        return True
 
     def nearest(self, t: float):
         if not self.t:
@@ -140,6 +146,7 @@ class WorldModelNode(NexusNode):
         if p.state_dir:
             self.create_timer(p.checkpoint_period, self._checkpoint)
         self.diag.level_from(self._level)
+        self.watch_clock(self._reset_time_state)
         self.diag.set("model_version", self._learner.base_version)
         self.get_logger().info(f"world model v{self._learner.base_version}, "
                                f"{ckpt.world_model.num_parameters()} parameters")
@@ -168,15 +175,33 @@ class WorldModelNode(NexusNode):
         return OK, f"v{self._learner.base_version}, surprise {self._surprise:.4f}"
 
     # --- inputs -----------------------------------------------------------------------------
+    def _reset_time_state(self) -> None:
+        """After a backward clock jump: every buffered sample is from the old timeline."""
+        self._odom, self._cmd, self._contacts = _Series(), _Series(), _Series()
+        self._ticks.clear()
+        self._predictions.clear()
+
     def _on_odom(self, msg: Odometry) -> None:
+        now = self._now()
+        t = _t(msg.header.stamp)
+        if self.future_stamp(t, now, "odom"):
+            return
         pp, tw = msg.pose.pose, msg.twist.twist
-        yaw = _yaw(pp.orientation)
+        q = pp.orientation
+        qn = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+        yaw = _yaw(q)
         v = np.array([pp.position.x, pp.position.y, math.cos(yaw), math.sin(yaw), tw.linear.x, tw.angular.z],
                      np.float32)
-        if not np.all(np.isfinite(v)):
+        if not np.all(np.isfinite(v)) or not math.isfinite(qn):
             self.drop("nan_odom")
             return
-        self._odom.add(_t(msg.header.stamp), v)
+        if abs(qn - 1.0) > 0.01 or max(abs(pp.position.x), abs(pp.position.y)) > 1e4 \
+                or max(abs(tw.linear.x), abs(tw.angular.z)) > 100.0:
+            self.drop("absurd_odom", f"position ({pp.position.x:.3g}, {pp.position.y:.3g}), |q|^2 {qn:.3g}, "
+                                     f"twist ({tw.linear.x:.3g}, {tw.angular.z:.3g})")
+            return
+        if not self._odom.add(t, v):
+            self.drop("out_of_order_odom", f"stamp {t:.3f} s before the newest {self._odom.t[-1]:.3f} s")
 
     def _on_cmd(self, msg) -> None:
         tw = msg.twist if isinstance(msg, TwistStamped) else msg
@@ -184,16 +209,24 @@ class WorldModelNode(NexusNode):
         if not np.all(np.isfinite(a)):
             self.drop("nan_cmd")
             return
+        if np.max(np.abs(a)) > 100.0:
+            self.drop("absurd_cmd", f"({a[0]:.3g}, {a[1]:.3g})")
+            return
         # Twist has no stamp: the command is in force from the moment it is received (node clock)
-        t = _t(msg.header.stamp) if isinstance(msg, TwistStamped) else self._now()
-        self._cmd.add(t, a)
+        now = self._now()
+        t = _t(msg.header.stamp) if isinstance(msg, TwistStamped) else now
+        if self.future_stamp(t, now, "cmd_vel"):
+            return
+        if not self._cmd.add(t, a):
+            self.drop("out_of_order_cmd")
 
     def _on_contact(self, msg: Bool) -> None:
+        now = self._now()
         if msg.data:
-            self._contacts.add(self._now(), True)
+            self._contacts.add(now, True)
 
     def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self.checked_now()
 
     # --- the tick ---------------------------------------------------------------------------
     def _on_observation(self, msg: Observation) -> None:
@@ -202,9 +235,11 @@ class WorldModelNode(NexusNode):
         learner = self._learner
         if learner is None or not self._pubs["state"].is_activated:
             return
-        t = _t(msg.header.stamp)
-        if p.max_input_age > 0 and self._now() - t > p.max_input_age:
-            self.drop("stale", f"observation {self._now() - t:.3f} s old")
+        t, now = _t(msg.header.stamp), self._now()
+        if self.future_stamp(t, now, "observation"):
+            return
+        if p.max_input_age > 0 and now - t > p.max_input_age:
+            self.drop("stale", f"observation {now - t:.3f} s old")
             return
         emb = np.asarray(msg.embedding, np.float32)
         snap = learner.snapshot
@@ -346,16 +381,17 @@ class WorldModelNode(NexusNode):
             self.get_logger().error(f"checkpoint failed: {e}")
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
-        if msg.model_id != "world_model" or self._learner is None:
-            return
-        if msg.version <= self._learner.base_version:
-            self.diag.count("model_update_old")
+        learner = self._learner
+        if learner is None or not self.accept_model_update(msg, "world_model", learner.base_version):
             return
         try:
-            self._learner.apply_global(bytes(msg.payload), int(msg.version), expected_sha256=msg.sha256)
+            with learner.lock:  # the copy of the running model that takes a flat vector: not mid-step
+                payload = update_to_world_model_payload(msg.codec, bytes(msg.payload), learner.model,
+                                                        int(msg.version))
+            learner.apply_global(payload, int(msg.version), expected_sha256=sha256_hex(payload))
         except (PayloadError, ValueError, KeyError, RuntimeError) as e:
-            self.diag.count("model_update_rejected")
-            self.get_logger().error(f"rejected world-model update v{msg.version}: {e}")
+            self.drop("model_update_invalid", f"world-model update v{msg.version}: {e}; the current model is kept",
+                      level="error")
             return
         self._predictions.clear()
         self.diag.count("model_update_applied")

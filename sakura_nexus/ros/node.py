@@ -2,7 +2,10 @@
 
 - :class:`NexusNode` is a lifecycle node whose parameters come from the node's schema
   (:mod:`sakura_nexus.params`), with a diagnostics publisher on ``/diagnostics`` whose counters
-  every node uses for dropped / invalid inputs, and a throttled ``drop()`` helper.
+  every node uses for dropped / invalid inputs, and a ``drop()`` helper that logs each reason at most
+  once per second (:meth:`NexusNode.log_throttled`); the one model-update check every node runs
+  (:meth:`NexusNode.accept_model_update`, signatures: :mod:`sakura_nexus.federated.signing`) and the
+  clock-fault checks of the nodes that align inputs by stamp (:mod:`sakura_nexus.clock_guard`).
 - :func:`run` spins a node on rclpy's C++ EventsExecutor (``SAKURA_NEXUS_EXECUTOR=multi``: the
   Python MultiThreadedExecutor; see :func:`make_executor`), transitions it to active when
   ``autostart`` is set, and on SIGINT/SIGTERM deactivates it (so nodes can send their final safe
@@ -27,10 +30,14 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.lifecycle import State as LifecycleState
 
 from sakura_nexus.allocator import tune_for_large_messages
+from sakura_nexus.clock_guard import BACKWARDS, FORWARDS, ClockGuard
 from sakura_nexus.params import NodeSchema
 from sakura_nexus.ros.params import ParamStore
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+LOG_PERIOD = 1.0  # s: each log key (drop reason) is logged at most once per period
+# model ids of the graph: an update for another node's model is not a refusal
+MODEL_IDS = ("encoder", "world_model")
 
 
 class Diagnostics:
@@ -123,17 +130,101 @@ class NexusNode(LifecycleNode):
         self.diag = Diagnostics(self, name, self.params["diagnostics_period"]
                                 if "diagnostics_period" in self.params.as_dict() else 1.0)
         self.params.on_change(self._on_common_change)
+        self._log_lock = threading.Lock()
+        self._log_marks: dict[str, float] = {}
+        self._log_suppressed: Counter = Counter()
+        self._update_gate = None  # created on the first model update (reads trusted_keys)
+        self._clock_guard: ClockGuard | None = None
+        self._on_clock_back: Callable[[], None] | None = None
 
     def _on_common_change(self, changed: dict) -> None:
         if "diagnostics_period" in changed:
             self.diag.set_period(changed["diagnostics_period"])
 
-    def drop(self, reason: str, detail: str = "") -> None:
-        """Count a dropped input under ``dropped_<reason>`` and log it (throttled)."""
+    def drop(self, reason: str, detail: str = "", level: str = "warning") -> None:
+        """Count a dropped input under ``dropped_<reason>`` and log it, at most once per second per reason."""
         self.diag.count(f"dropped_{reason}")
         detail = detail if len(detail) < 300 else detail[:300] + "..."
-        self.get_logger().warning(f"dropped input ({reason}){': ' + detail if detail else ''}",
-                                  throttle_duration_sec=5.0)
+        self.log_throttled(reason, f"dropped input ({reason}){': ' + detail if detail else ''}", level)
+
+    def log_throttled(self, key: str, text: str, level: str = "warning", period: float = LOG_PERIOD) -> bool:
+        """Log ``text`` unless ``key`` was logged within ``period`` s; the next line that is logged says how
+        many were suppressed. (rclpy's own throttle is per call site, so one site dropping for many
+        reasons would hide all but one.) Returns whether it logged."""
+        now = time.monotonic()
+        with self._log_lock:
+            last = self._log_marks.get(key)
+            if last is not None and now - last < period:
+                self._log_suppressed[key] += 1
+                return False
+            self._log_marks[key] = now
+            n = self._log_suppressed.pop(key, 0)
+        text += f" [{n} more like it since the last report]" if n else ""
+        logger = self.get_logger()  # one call site per severity: rclpy refuses a site that changes severity
+        if level == "error":
+            logger.error(text)
+        elif level == "info":
+            logger.info(text)
+        else:
+            logger.warning(text)
+        return True
+
+    # --- model updates ----------------------------------------------------------------------
+    def accept_model_update(self, msg, model_id: str, current_version: int) -> bool:
+        """The one check every node runs on a ``ModelUpdate`` before it decodes the payload: signed by a
+        trusted fleet key, intact, for ``model_id`` and newer than ``current_version``. Refusals are
+        counted as ``dropped_model_update_<reason>`` and logged (once per second per reason); updates
+        for another node's model are only counted (``model_update_other_model``)."""
+        from sakura_nexus.federated.signing import UpdateGate
+
+        if msg.model_id != model_id and msg.model_id in MODEL_IDS:
+            self.diag.count("model_update_other_model")
+            return False
+        if self._update_gate is None:
+            self._update_gate = UpdateGate(self.params["trusted_keys"])
+        v = self._update_gate.check(model_id=msg.model_id, version=int(msg.version), codec=msg.codec,
+                                    payload=bytes(msg.payload), sha256=msg.sha256, key_id=msg.key_id,
+                                    signature=bytes(msg.signature), current_version=int(current_version),
+                                    expected_model_id=model_id)
+        if not v.ok:
+            self.drop(f"model_update_{v.reason}", v.detail + "; the current model is kept", level="error")
+        return v.ok
+
+    # --- clock faults -----------------------------------------------------------------------
+    def watch_clock(self, on_backwards: Callable[[], None]) -> None:
+        """Check the node's clock for jumps on every :meth:`checked_now`; ``on_backwards`` resets the
+        node's time-dependent state after a backward jump."""
+        self._clock_guard = ClockGuard(self.params["max_clock_offset"])
+        self._on_clock_back = on_backwards
+
+    def checked_now(self) -> float:
+        """The node's clock (s), after checking it for a jump since the last call (counted as
+        ``clock_jumps_backward`` / ``clock_jumps_forward``; a backward jump resets time-dependent state)."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        guard = self._clock_guard
+        if guard is None:
+            return now
+        guard.max_offset = self.params["max_clock_offset"]
+        jump = guard.observe(now)
+        if jump == BACKWARDS:
+            self.diag.count("clock_jumps_backward")
+            self.log_throttled("clock_backward", f"clock jumped backwards (now {now:.3f} s): "
+                               "time-dependent state reset")
+            if self._on_clock_back is not None:
+                self._on_clock_back()
+        elif jump == FORWARDS:
+            self.diag.count("clock_jumps_forward")
+            self.log_throttled("clock_forward", f"clock jumped forwards (now {now:.3f} s)", "info")
+        return now
+
+    def future_stamp(self, stamp: float, now: float, what: str) -> bool:
+        """True (and the input dropped as ``future_stamp_<what>``) if ``stamp`` is more than
+        ``max_clock_offset`` ahead of ``now``: a foreign clock; it must not become the time reference."""
+        guard = self._clock_guard
+        if guard is None or not guard.is_future(stamp, now):
+            return False
+        self.drop(f"future_stamp_{what}", f"{what} stamped {stamp - now:.3f} s ahead of the node's clock")
+        return True
 
     @property
     def is_active(self) -> bool:
