@@ -25,38 +25,86 @@ from .episode import Controller, ControlOutput, Observation, _to_tensor
 from .kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
 from .planner import MPPIConfig, MPPIPlanner
 
-__all__ = ["KinematicMPC", "LearnedMPC"]
+__all__ = ["KinematicMPC", "LearnedMPC", "SeenObstacles"]
 
 
-class _RouteMixin:
-    """Cost-to-go over an occupancy grid: the static map (``cell_map = (obstacles, size)``), optionally
-    with seen obstacles marked; without a map, a free grid around start and goal."""
+def _route_grid(cell_map, goal, pose):
+    """(grid int16 rows=y, resolution, origin): the static map as an occupancy grid, or without a map
+    a free grid with a 3 m margin around pose and goal (outside the grid counts as occupied)."""
+    from sakura_nexus.sim.layout import MAP_RESOLUTION, occupancy_grid
 
-    map_clearance: float
+    if cell_map is not None:
+        data, w, h, origin = occupancy_grid(cell_map[0], cell_map[1])
+        return np.asarray(data, dtype=np.int16).reshape(h, w), MAP_RESOLUTION, origin
+    lo = np.minimum(np.asarray(goal[:2], float), np.asarray(pose[:2], float)) - 3.0
+    hi = np.maximum(np.asarray(goal[:2], float), np.asarray(pose[:2], float)) + 3.0
+    n = np.ceil((hi - lo) / MAP_RESOLUTION).astype(int)
+    return np.zeros((n[1], n[0]), dtype=np.int16), MAP_RESOLUTION, (float(lo[0]), float(lo[1]))
 
-    def _grid(self, goal, pose):
-        from sakura_nexus.sim.layout import MAP_RESOLUTION, occupancy_grid
 
-        if self.cell_map is not None:
-            data, w, h, origin = occupancy_grid(self.cell_map[0], self.cell_map[1])
-            return np.asarray(data, dtype=np.int16).reshape(h, w), MAP_RESOLUTION, origin
-        # map-free: unknown space is free; a 3 m margin around start and goal (outside counts occupied)
-        lo = np.minimum(goal[:2], pose[:2]) - 3.0
-        hi = np.maximum(goal[:2], pose[:2]) + 3.0
-        n = np.ceil((hi - lo) / MAP_RESOLUTION).astype(int)
-        return np.zeros((n[1], n[0]), dtype=np.int16), MAP_RESOLUTION, (float(lo[0]), float(lo[1]))
+class SeenObstacles:
+    """What the camera saw, for the planner: the :class:`ObstacleMemory` (the dynamics' ``obstacles``:
+    clearance critic and contact probability at once) and the route over the static grid with the
+    remembered points marked (rebuilt at most every ``route_period`` s, and only when the memory
+    changed: with nothing unmapped in view, no rebuild and no extra CPU). Points within
+    ``known_clearance`` of the static map's obstacles are left to the map critic. ROS-free: the
+    ROS-free controller and policy_node share it."""
 
-    def _route(self, goal, pose, memory=None):
+    def __init__(self, range_config=None, memory_s: float = 20.0, map_clearance: float = 0.362,
+                 route_period: float = 1.0, known_clearance: float = 0.12):
+        from sakura_nexus.models.obstacles import ObstacleMemory
+
+        self.memory = ObstacleMemory(range_config, memory_s=memory_s)
+        self.map_clearance, self.route_period = float(map_clearance), float(route_period)
+        self.known_clearance = float(known_clearance)
+        self._static = None        # (grid, resolution, origin, field or None)
+        self._routed = (-math.inf, -1)
+
+    def reset(self) -> None:
+        self.memory.reset()
+        self._routed = (-math.inf, -1)
+
+    def set_static(self, grid, resolution: float, origin, goal, field=None) -> None:
+        """The static occupancy grid (int16 rows = y; or None: map-free) for ``goal``; ``field``: its
+        cost-to-go if the caller already built it."""
         from .costmap import CostToGo
 
-        grid, res, origin = self._grid(np.asarray(goal, float), np.asarray(pose, float))
-        if memory is not None:
-            grid = memory.mark(grid, res, origin)
-        h, w = grid.shape
-        return CostToGo.from_occupancy(grid.ravel(), w, h, res, origin, goal, radius=self.map_clearance)
+        if grid is not None and field is None:
+            h, w = grid.shape
+            field = CostToGo.from_occupancy(grid.ravel(), w, h, resolution, origin, goal[:2],
+                                            radius=self.map_clearance)
+        self._static = None if grid is None else (np.asarray(grid, np.int16), float(resolution),
+                                                  (float(origin[0]), float(origin[1])), field)
+        self._routed = (-math.inf, -1)
+
+    def _known(self, pts: np.ndarray) -> np.ndarray:
+        import torch
+
+        _, _, clearance = self._static[3].sample_all(torch.as_tensor(pts, dtype=torch.float32))
+        return (clearance < self.known_clearance).numpy()
+
+    def observe(self, pose, ranges, t: float, uncertainty: float = 0.0) -> None:
+        self.memory.update(pose, ranges, t, uncertainty, known=self._known if self._static is not None else None)
+
+    def route_due(self, t: float) -> bool:
+        last_t, last_v = self._routed
+        return self.memory.version != last_v and (t - last_t >= self.route_period or last_t == -math.inf)
+
+    def route(self, goal, pose, t: float):
+        """The cost-to-go to ``goal`` over the static grid (or a free grid) with the seen points."""
+        from .costmap import CostToGo
+
+        if self._static is not None:
+            grid, res, origin, _ = self._static
+        else:
+            grid, res, origin = _route_grid(None, goal, pose)
+        marked = self.memory.mark(grid, res, origin)
+        h, w = marked.shape
+        self._routed = (t, self.memory.version)
+        return CostToGo.from_occupancy(marked.ravel(), w, h, res, origin, goal[:2], radius=self.map_clearance)
 
 
-class KinematicMPC(_RouteMixin, Controller):
+class KinematicMPC(Controller):
     """``kinematic_mpc``: MPPI + unicycle + static map (see module docstring)."""
 
     name = "kinematic_mpc"
@@ -69,7 +117,14 @@ class KinematicMPC(_RouteMixin, Controller):
 
     def reset(self, goal) -> None:
         self.planner.reset()
-        self.planner.set_cost_to_go(self._route(goal, goal) if self.cell_map is not None else None)
+        field = None
+        if self.cell_map is not None:
+            from .costmap import CostToGo
+
+            grid, res, origin = _route_grid(self.cell_map, goal, goal)
+            h, w = grid.shape
+            field = CostToGo.from_occupancy(grid.ravel(), w, h, res, origin, goal[:2], radius=self.map_clearance)
+        self.planner.set_cost_to_go(field)
 
     def act(self, obs: Observation) -> ControlOutput:
         z = self.model.encode_state(obs.pose, obs.velocity)
@@ -78,7 +133,7 @@ class KinematicMPC(_RouteMixin, Controller):
                              {"plan_ms": res.info["plan_ms"], "plan": res})
 
 
-class LearnedMPC(_RouteMixin, Controller):
+class LearnedMPC(Controller):
     """``learned_mpc``: see module docstring. ``range_head`` None = the obstacle head switched off (the
     ablation); ``learn`` False freezes the residual (the shipped model as it is)."""
 
@@ -88,44 +143,29 @@ class LearnedMPC(_RouteMixin, Controller):
     def __init__(self, range_head, config: MPPIConfig | None = None, cell_map=None,
                  model: UnicycleConfig | None = None, residual: ResidualUnicycle | None = None,
                  learn: bool = True, map_clearance: float = 0.362, route_period: float = 1.0,
-                 memory_kw: dict | None = None):
-        from sakura_nexus.models.obstacles import ObstacleMemory
-
+                 memory_s: float = 20.0):
         self.range_head = range_head
         cfg = range_head.range_config if range_head is not None else None
-        self.memory = ObstacleMemory(cfg, **(memory_kw or {}))
+        self.seen = SeenObstacles(cfg, memory_s, map_clearance, route_period)
         self.model = residual if residual is not None else ResidualUnicycle(model)
-        self.model.obstacles = self.memory if range_head is not None else None
+        self.model.obstacles = self.seen.memory if range_head is not None else None
         self.planner = MPPIPlanner(self.model, config)
         self.cell_map, self.map_clearance, self.learn = cell_map, map_clearance, learn
-        self.route_period = float(route_period)
         self._goal = None
         self._last = None           # (time, velocity) of the previous step, for the residual
-        self._route_t = -math.inf
-        self._route_version = -1
 
     def reset(self, goal) -> None:
         self.planner.reset()
-        self.memory.reset()
+        self.seen.reset()
         self._goal, self._last = tuple(goal), None
-        self._route_t, self._route_version = -math.inf, -1
-        self.planner.set_cost_to_go(None)
-        self._known = None
+        field = None
         if self.cell_map is not None:
-            # clearance to the static map's obstacles: seen points within 0.12 m of them are the map
-            from sakura_nexus.sim.layout import MAP_RESOLUTION, occupancy_grid
-
-            from .costmap import CostToGo
-
-            data, w, h, origin = occupancy_grid(self.cell_map[0], self.cell_map[1])
-            static = CostToGo.from_occupancy(data, w, h, MAP_RESOLUTION, origin, goal, radius=self.map_clearance)
-
-            def known(pts, field=static):
-                import torch
-
-                _, _, clearance = field.sample_all(torch.as_tensor(pts, dtype=torch.float32))
-                return (clearance < 0.12).numpy()
-            self._known = known
+            grid, res, origin = _route_grid(self.cell_map, goal, goal)
+            self.seen.set_static(grid, res, origin, goal)
+            field = self.seen._static[3]
+        else:
+            self.seen.set_static(None, 0.0, (0.0, 0.0), goal)
+        self.planner.set_cost_to_go(field)
 
     def act(self, obs: Observation) -> ControlOutput:
         t0 = time.perf_counter()
@@ -135,14 +175,10 @@ class LearnedMPC(_RouteMixin, Controller):
         sigma = 0.0
         if self.range_head is not None:
             ranges, sigma = self.range_head.predict(_to_tensor(obs.image))
-            self.memory.update(obs.pose, ranges, obs.time, sigma, known=self._known)
+            self.seen.observe(obs.pose, ranges, obs.time, sigma)
+            if self.seen.route_due(obs.time):
+                self.planner.set_cost_to_go(self.seen.route(self._goal, obs.pose, obs.time))
         perceive_ms = (time.perf_counter() - t0) * 1e3
-        if (self.cell_map is not None or self.range_head is not None) and (
-                obs.time - self._route_t >= self.route_period and self.memory.version != self._route_version
-                or self._route_t == -math.inf):
-            self.planner.set_cost_to_go(self._route(self._goal, obs.pose,
-                                                    self.memory if self.range_head is not None else None))
-            self._route_t, self._route_version = obs.time, self.memory.version
         z = self.model.encode_state(obs.pose, obs.velocity)
         res = self.planner.plan(z, obs.goal, prev_action=obs.last_command, position=obs.pose[:2])
         return ControlOutput(res.action[0], res.action[1], max(res.info["sigma0"], sigma), res.info["risk0"],

@@ -182,9 +182,11 @@ class ObstacleMemory:
             pts, st = np.concatenate([pts, new]), np.concatenate([st, np.full(len(new), t)])
         if len(pts) > self.max_points:
             pts, st = pts[-self.max_points:], st[-self.max_points:]
+        changed = len(pts) != len(self.points) or (len(pts) and not np.array_equal(pts[-1], self.points[-1]))
         self.points, self.stamps = pts, st
         self._pts_t = torch.as_tensor(pts, dtype=torch.float32)
-        self.version += 1
+        if changed:                                 # consumers (the route) rebuild only on a change
+            self.version += 1
 
     def clearance(self, xy: torch.Tensor) -> torch.Tensor:
         """Distance (...) from each point of ``xy`` (..., 2) to the nearest remembered obstacle point

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import torch
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from nav_msgs.msg import OccupancyGrid, Odometry, Path
@@ -24,17 +25,18 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from sakura_nexus.control.baseline import GoToGoal
-from sakura_nexus.control.kinematic import UnicycleConfig, UnicycleModel
+from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
+from sakura_nexus.control.learned import SeenObstacles
 from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
 from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
 from sakura_nexus.federated.weights import update_to_world_model_payload
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.models.world_model import world_model_from_bytes
-from sakura_nexus.msg import ModelUpdate, WorldState
+from sakura_nexus.msg import ModelUpdate, Observation, WorldState
 from sakura_nexus.params import POLICY
 from sakura_nexus.priority import deprioritise_current_thread
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
-from sakura_nexus.ros.qos import model_qos, state_qos
+from sakura_nexus.ros.qos import model_qos, sensor_qos, state_qos
 
 
 def load_world_model(path: str = ""):
@@ -69,7 +71,17 @@ class PolicyNode(NexusNode):
         self._velocity = (0.0, 0.0)              # body (v, w) from odometry (kinematic_mpc's state)
         self._kinematic = UnicycleModel(self._unicycle_config())
         self._kin_planner = MPPIPlanner(self._kinematic, self._mppi_config())
+        # learned_mpc: the unicycle prior + a velocity residual learned online from odometry, and the
+        # obstacles the camera's range head saw (configured with the range head's geometry)
+        self._residual = ResidualUnicycle(self._unicycle_config())
+        self._learned_planner = MPPIPlanner(self._residual, self._mppi_config())
+        self._seen: SeenObstacles | None = None
+        self._learn_last = None                  # (stamp, (v, w)) of the last odometry sample learned from
+        self._plan_risk = 0.0                    # contact probability of the last learned_mpc plan
+        self._range_uncertainty = 0.0
+        self._grid = None                        # (int16 grid, resolution, origin) of the map
         self._target = (0.0, 0.0)
+        self._sent = (0.0, 0.0)                  # the last command that left the safety layer
         self._last_pub = -math.inf               # node-clock time of the last cmd_vel
         self._callback_t0 = 0.0                  # perf_counter() at the start of the world_state callback
         self._goal_reached = False
@@ -107,10 +119,14 @@ class PolicyNode(NexusNode):
         if set(changed) - {"controller", "diagnostics_period", "use_map", "map_clearance"}:
             if self._planner is not None:
                 self._planner.set_config(self._mppi_config())
-            self._kinematic.config = self._unicycle_config()
+            self._kinematic.config = self._residual.config = self._unicycle_config()
             self._kin_planner.set_config(self._mppi_config())
+            self._learned_planner.set_config(self._mppi_config())
         if "controller" in changed:
             self._kin_planner.reset()
+            self._learned_planner.reset()
+        if "obstacle_memory" in changed and self._seen is not None:
+            self._seen.memory.memory_s = self.params.obstacle_memory
         if {"use_map", "map_clearance"} & set(changed):
             self._ctg_request.set()
 
@@ -127,7 +143,20 @@ class PolicyNode(NexusNode):
             if p.controller == "mpc":
                 self.get_logger().error(f"cannot load world model: {e}")
                 return TransitionCallbackReturn.FAILURE
-            self.get_logger().warning(f"no world model ({e}); go_to_goal only")
+            self.get_logger().warning(f"no world model ({e}); mpc unavailable")
+        try:
+            from sakura_nexus.models.obstacles import load_range_head
+            from sakura_nexus.paths import models_dir
+
+            rcfg = load_range_head(p.range_head or models_dir() / "range_head.bin").range_config
+            self._seen = SeenObstacles(rcfg, p.obstacle_memory, p.map_clearance)
+            self._residual.obstacles = self._seen.memory
+        except Exception as e:  # noqa: BLE001
+            if p.controller == "learned_mpc":
+                self.get_logger().error(f"cannot load the range head's configuration: {e}")
+                return TransitionCallbackReturn.FAILURE
+            self.get_logger().warning(f"no range head ({e}); learned_mpc unavailable")
+        self._learned_planner.warm_up(5)
         cmd_type = TwistStamped if p.twist_stamped else Twist
         self._pub = self.create_lifecycle_publisher(cmd_type, "cmd_vel", state_qos())
         self._plan_pub = self.create_lifecycle_publisher(Path, "plan", state_qos())
@@ -139,6 +168,7 @@ class PolicyNode(NexusNode):
         self.create_subscription(Bool, "e_stop", self._on_estop, state_qos())
         self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
         self.create_subscription(OccupancyGrid, "map", self._on_map, model_qos())
+        self.create_subscription(Observation, "observation", self._on_observation, sensor_qos())
         self.create_service(Trigger, "reset_estop", self._on_reset_estop)
         self._stop.clear()
         self._ctg_thread = threading.Thread(target=self._cost_to_go_loop, name="cost_to_go", daemon=True)
@@ -190,7 +220,9 @@ class PolicyNode(NexusNode):
         with self._lock:
             self._goal = (p.x, p.y, yaw)
             self._goal_reached = False
-            for planner in (self._planner, self._kin_planner):
+            if self._seen is not None:
+                self._seen.reset()
+            for planner in (self._planner, self._kin_planner, self._learned_planner):
                 if planner is not None:
                     planner.reset()
                     planner.set_cost_to_go(None)  # the old goal's field must not steer toward it
@@ -223,16 +255,20 @@ class PolicyNode(NexusNode):
         # must not wait for it (SCHED_IDLE + a 0.5 ms GIL switch interval, as the world model's learner)
         self.diag.set("cost_to_go_thread_policy", deprioritise_current_thread())
         while not self._stop.is_set():
-            if not self._ctg_request.wait(0.5):
+            if not self._ctg_request.wait(0.25):
+                self._reroute_seen()
                 continue
             self._ctg_request.clear()
             with self._lock:
                 goal, planner, grid = self._goal, self._planner, self._map
-            if planner is None or goal is None:
+            if goal is None:
                 continue
+            planners = [q for q in (planner, self._kin_planner, self._learned_planner) if q is not None]
             if grid is None or not self.params.use_map:
-                planner.set_cost_to_go(None)
-                self._kin_planner.set_cost_to_go(None)
+                for q in planners:
+                    q.set_cost_to_go(None)
+                if self._seen is not None:
+                    self._seen.set_static(None, 0.0, (0.0, 0.0), goal)
                 self.diag.set("goal_term", "straight line" + ("" if grid is not None else " (no map)"))
                 continue
             t0 = time.perf_counter()
@@ -247,10 +283,66 @@ class PolicyNode(NexusNode):
             with self._lock:
                 current = self._goal == goal and self._planner is planner
             if current and not self._ctg_request.is_set():
-                planner.set_cost_to_go(field)
-                self._kin_planner.set_cost_to_go(field)
+                for q in planners:
+                    q.set_cost_to_go(field)
+                if self._seen is not None:
+                    grid_np = np.asarray(grid.data, dtype=np.int16).reshape(info.height, info.width)
+                    self._seen.set_static(grid_np, info.resolution, (info.origin.position.x, info.origin.position.y),
+                                          goal, field)
                 self.diag.set("goal_term", "map cost-to-go")
                 self.diag.set("cost_to_go_build_ms", round((time.perf_counter() - t0) * 1e3, 1))
+
+    def _reroute_seen(self) -> None:
+        """learned_mpc: the route with what the camera saw marked, when the memory changed (at most every
+        ``route_period``); with nothing unmapped in view the memory does not change and nothing is built."""
+        seen, goal, pose = self._seen, self._goal, self._pose
+        if seen is None or goal is None or pose is None or self.params.controller != "learned_mpc":
+            return
+        now = self._now()
+        if not seen.route_due(now):
+            return
+        t0 = time.perf_counter()
+        try:
+            field = seen.route(goal, pose, now)
+        except Exception as e:  # noqa: BLE001 - never end the thread
+            self.drop("route_failed", repr(e))
+            return
+        with self._lock:
+            if self._goal == goal:
+                self._learned_planner.set_cost_to_go(field)
+        self.diag.set("seen_route_build_ms", round((time.perf_counter() - t0) * 1e3, 1))
+        self.diag.count("seen_route_builds")
+
+    def _on_observation(self, msg: Observation) -> None:
+        """The range head's free ranges -> the seen-obstacle memory (at the latest odometry pose)."""
+        seen, pose = self._seen, self._pose
+        if seen is None or not len(msg.free_range):
+            return
+        cfg = seen.memory.cfg
+        ranges = np.asarray(msg.free_range, dtype=np.float64)
+        if len(ranges) != cfg.bins or abs(msg.free_range_fov - cfg.hfov) > 1e-3:
+            self.drop("free_range_layout", f"{len(ranges)} bins over {msg.free_range_fov:.3f} rad, expected "
+                                           f"{cfg.bins} over {cfg.hfov:.3f}")
+            return
+        if not (np.all(np.isfinite(ranges)) and math.isfinite(msg.free_range_uncertainty)):
+            self.drop("nan_free_range")
+            return
+        if pose is None:
+            return
+        stamp = _stamp_s(msg.header.stamp)
+        seen.observe(pose, np.clip(ranges, cfg.min_range, cfg.max_range), stamp, msg.free_range_uncertainty)
+        self._range_uncertainty = float(msg.free_range_uncertainty)
+        self.diag.set("seen_obstacle_points", len(seen.memory))
+
+    def _learn_from_odom(self, stamp: float, velocity) -> None:
+        """The residual learns from the robot's own stream: velocity 0.1 s apart and the command sent."""
+        last = self._learn_last
+        if last is not None and 0.0 < stamp - last[0] < 0.09:
+            return
+        if last is not None and stamp - last[0] <= 0.3:
+            self._residual.observe(last[1], self._sent, velocity)
+            self.diag.set("residual_samples", round(self._residual.samples, 1))
+        self._learn_last = (stamp, velocity)
 
     def _on_odom(self, msg: Odometry) -> None:
         q = msg.pose.pose.orientation
@@ -262,6 +354,8 @@ class PolicyNode(NexusNode):
         tw = msg.twist.twist
         if math.isfinite(tw.linear.x) and math.isfinite(tw.angular.z):
             self._velocity = (tw.linear.x, tw.angular.z)
+            if self.params.controller == "learned_mpc":
+                self._learn_from_odom(_stamp_s(msg.header.stamp), self._velocity)
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -341,6 +435,14 @@ class PolicyNode(NexusNode):
             # the baseline's "plan" is the straight line to the goal; published like the MPC plan (same
             # image stamp) so the closed-loop latency can be measured for either controller
             action, finish = self._baseline.command(pose, goal), lambda: [pose, goal]
+        elif self.params.controller == "learned_mpc":
+            lp, zl = self._learned_planner, self._residual.encode_state(pose, self._velocity)
+            res = lp.plan(zl, goal, prev_action=self._target, position=pose[:2], evaluate=False)
+            action = res.action
+            self._plan_risk = res.info.get("risk0", 0.0)
+
+            def finish():
+                return lp.evaluate(zl, res).predicted_poses
         elif self.params.controller == "kinematic_mpc":
             # the baseline MPPI: same planner, critics and safety layer, a unicycle from odometry
             kin, zk = self._kin_planner, self._kinematic.encode_state(pose, self._velocity)
@@ -380,9 +482,17 @@ class PolicyNode(NexusNode):
             self.diag.count("goals_reached")
             self._goal_reached = True  # latched for reporting until the next goal
         target = (0.0, 0.0) if self._goal is None else self._target
-        cmd = self._safety.filter(target[0], target[1], now, self._state_time,
-                                  state.uncertainty if state else 0.0, state.collision_risk if state else 0.0,
-                                  goal_reached=reached)
+        unc, risk = (state.uncertainty, state.collision_risk) if state else (0.0, 0.0)
+        controller = self.params.controller
+        if controller == "kinematic_mpc":     # the baseline: nothing learned gates it
+            unc, risk = 0.0, 0.0
+        elif controller == "learned_mpc":     # the plan's contact probability with what the camera saw,
+            # and the range head's disagreement in the uncertainty parameters' units (its familiar-scene
+            # scale 0.5 maps to uncertainty_slow)
+            unc = self._range_uncertainty * self.params.uncertainty_slow / 0.5
+            risk = self._plan_risk
+        cmd = self._safety.filter(target[0], target[1], now, self._state_time, unc, risk, goal_reached=reached)
+        self._sent = (cmd.v, cmd.w)
         self.diag.set("safety", ",".join(cmd.reasons) or "nominal")
         self._publish(cmd.v, cmd.w, msg.header.stamp if msg is not None else None)
         self._last_pub = now
