@@ -21,7 +21,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from sakura_nexus.bringup import NEXUS, TOPIC_DEFAULTS
+from sakura_nexus.bringup import FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
 
 
 def generate_launch_description():
@@ -55,5 +55,7 @@ def generate_launch_description():
             condition=IfCondition(LaunchConfiguration("with_sync")) if spec.name == "federated_sync_node" else None,
             output="screen", emulate_tty=True,
         ))
-    profile = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))
-    return LaunchDescription([*args, profile, *nodes])
+    # the shipped SHM profile (unless one is set already), under the name the installed Fast DDS reads
+    profile = fastdds_profile_env(os.path.join(share, "config", FASTDDS_PROFILE), os.environ)
+    env = [SetEnvironmentVariable(k, v) for k, v in profile.items()]
+    return LaunchDescription([*args, *env, *nodes])
