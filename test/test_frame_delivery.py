@@ -15,7 +15,7 @@ import time
 import pytest
 from helpers import wait_for
 
-from sakura_nexus.bringup import FASTDDS_PROFILE_VARS, fastdds_profile_env
+from sakura_nexus.bringup import FASTDDS_PROFILE_VARS, fastdds_generation, fastdds_profile_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FRAMES, RATE_HZ, MIN_DELIVERED = 300, 30.0, 0.95
@@ -33,6 +33,32 @@ def test_profile_env_keeps_a_profile_the_user_chose_under_either_name(given):
     both = {"FASTDDS_DEFAULT_PROFILES_FILE": "/a.xml", "FASTRTPS_DEFAULT_PROFILES_FILE": "/b.xml"}
     assert fastdds_profile_env("/share/p.xml", both) == both
     assert fastdds_profile_env("/share/p.xml", {given: ""}) == dict.fromkeys(FASTDDS_PROFILE_VARS, "/share/p.xml")
+
+
+def test_profile_env_uses_the_name_of_the_installed_generation(tmp_path):
+    overlay, fast2, fast3 = (tmp_path / n for n in ("overlay", "jazzy", "kilted"))
+    (overlay / "lib").mkdir(parents=True)
+    (fast2 / "lib").mkdir(parents=True)
+    (fast2 / "lib" / "libfastrtps.so.2.14").touch()
+    (fast3 / "lib").mkdir(parents=True)
+    (fast3 / "lib" / "libfastdds.so.3.2").touch()
+    env2 = {"AMENT_PREFIX_PATH": os.pathsep.join([str(overlay), str(fast2), str(fast3)])}
+    env3 = {"AMENT_PREFIX_PATH": os.pathsep.join([str(overlay), "", str(fast3), str(fast2)])}
+    assert (fastdds_generation(env2), fastdds_generation(env3)) == (2, 3)  # the first prefix that has one
+    assert fastdds_profile_env("/p.xml", env2) == {"FASTRTPS_DEFAULT_PROFILES_FILE": "/p.xml"}
+    assert fastdds_profile_env("/p.xml", env3) == {"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}
+    # a profile the user set under the other generation's name is carried over, not replaced
+    assert fastdds_profile_env("/p.xml", {**env2, "FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {
+        "FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+    assert fastdds_generation({"AMENT_PREFIX_PATH": str(overlay)}) is None
+
+
+@pytest.mark.ros
+def test_the_installed_fast_dds_is_recognised():
+    """The project environment (tools/dev_env.sh, conftest.py) set the name this install's Fast DDS reads."""
+    gen = fastdds_generation(os.environ)
+    assert gen in (2, 3), f"no libfastdds/libfastrtps in AMENT_PREFIX_PATH={os.environ.get('AMENT_PREFIX_PATH')}"
+    assert os.environ.get(FASTDDS_PROFILE_VARS[0] if gen == 3 else FASTDDS_PROFILE_VARS[1])
 
 
 @pytest.mark.ros
