@@ -22,7 +22,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from sakura_nexus.bringup import NEXUS, TOPIC_DEFAULTS
+from sakura_nexus.bringup import FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
 
 
 def _nodes(context, *args, **kwargs):
@@ -66,5 +66,7 @@ def generate_launch_description():
                                           "params_file"),
     ] + [DeclareLaunchArgument(k, default_value=v, description=f"Remap of {v}") for k, v in TOPIC_DEFAULTS.items()]
 
-    profile = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))
-    return LaunchDescription([*args, profile, OpaqueFunction(function=_nodes)])
+    # the shipped SHM profile (unless one is set already), under the name the installed Fast DDS reads
+    profile = fastdds_profile_env(os.path.join(share, "config", FASTDDS_PROFILE), os.environ)
+    env = [SetEnvironmentVariable(k, v) for k, v in profile.items()]
+    return LaunchDescription([*args, *env, OpaqueFunction(function=_nodes)])

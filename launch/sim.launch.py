@@ -12,6 +12,8 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from sakura_nexus.bringup import FASTDDS_PROFILE, fastdds_profile_env
+
 
 def generate_launch_description():
     share = get_package_share_directory("sakura_nexus")
@@ -39,6 +41,7 @@ def generate_launch_description():
             "trusted_keys": LaunchConfiguration("trusted_keys"),
         }.items(),
     )
-    env = [SetEnvironmentVariable("MUJOCO_GL", "egl"),
-           SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))]
+    # the shipped SHM profile (unless one is set already), under the name the installed Fast DDS reads
+    profile = fastdds_profile_env(os.path.join(share, "config", FASTDDS_PROFILE), os.environ)
+    env = [SetEnvironmentVariable("MUJOCO_GL", "egl"), *(SetEnvironmentVariable(k, v) for k, v in profile.items())]
     return LaunchDescription([*args, *env, sim, nexus])

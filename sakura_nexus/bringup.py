@@ -1,9 +1,12 @@
 """The node set of one robot, in one place: used by the launch files (launch/*.launch.py) and by
 the ROS-launch-free demo supervisor (sakura_nexus.demo), so both start the same executables with the
-same parameter files and remappings. ROS-free (it only describes processes)."""
+same parameter files, remappings and Fast DDS profile. ROS-free (it only describes processes)."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -33,6 +36,39 @@ TOPIC_DEFAULTS = {
     "cmd_vel_topic": "cmd_vel",
     "map_topic": "map",  # nav_msgs/OccupancyGrid, latched (sim_node, or your map_server)
 }
+
+
+# Fast DDS reads its XML profile from a variable whose name changed with 3.0: FASTRTPS_DEFAULT_PROFILES_FILE in
+# Fast DDS 2.x (Humble: 2.6, Jazzy: 2.14), FASTDDS_DEFAULT_PROFILES_FILE in 3.x (Kilted). 2.x ignores the new
+# name, so a profile set under it only is silently not used there; Kilted's rmw_fastrtps still reads the old
+# name too, but warns on every start that it is deprecated. Hence: the name(s) of the installed generation.
+FASTDDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS_PROFILE = "fastdds_shm.xml"  # in config/: shared memory with a segment large enough for camera frames
+
+
+def fastdds_generation(environ: Mapping[str, str]) -> int | None:
+    """2 or 3: the major version of the Fast DDS that the ROS install in AMENT_PREFIX_PATH uses (its library
+    is libfastrtps in 2.x, libfastdds in 3.x); None when neither library is found there."""
+    for prefix in filter(None, environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        lib = pathlib.Path(prefix) / "lib"
+        if any(lib.glob("libfastdds.*")):
+            return 3
+        if any(lib.glob("libfastrtps.*")):
+            return 2
+    return None
+
+
+def fastdds_profile_env(profile: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables that make the installed Fast DDS load `profile`: the one name its generation
+    reads (fastdds_generation(environ)), or both names when the generation is not known.
+
+    A profile already chosen in `environ` under either name is kept rather than replaced by `profile`.
+    """
+    environ = environ or {}
+    gen = fastdds_generation(environ)
+    names = {3: FASTDDS_PROFILE_VARS[:1], 2: FASTDDS_PROFILE_VARS[1:]}.get(gen, FASTDDS_PROFILE_VARS)
+    chosen = next((environ[k] for k in FASTDDS_PROFILE_VARS if environ.get(k)), str(profile))
+    return {k: environ.get(k) or chosen for k in names}
 
 
 def ros_args(spec: NodeSpec, params_files: list[str], namespace: str = "", use_sim_time: bool = True,

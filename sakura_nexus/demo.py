@@ -59,7 +59,7 @@ def ros_environment(domain_id: int | None = None, log_dir: str | None = None) ->
     env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else env.get("ROS_DOMAIN_ID",
                                                                                  20 + os.getpid() % 80))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_file("fastdds_shm.xml")))
+    env.update(bringup.fastdds_profile_env(str(config_file(bringup.FASTDDS_PROFILE)), env))
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", "egl")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -591,7 +591,7 @@ class Pipeline:
         if not rclpy.ok():
             # this process' mission node joins the children's domain
             os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                                        "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")})
+                                                        *bringup.FASTDDS_PROFILE_VARS, "RMW_IMPLEMENTATION")})
             rclpy.init()
             self._own_rclpy = True
         elif os.environ.get("ROS_DOMAIN_ID") != self.env["ROS_DOMAIN_ID"]:

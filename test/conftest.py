@@ -8,6 +8,8 @@ import tempfile
 
 import pytest
 
+from sakura_nexus.bringup import FASTDDS_PROFILE, fastdds_profile_env
+
 _tmp = tempfile.mkdtemp(prefix="sakura_test_")
 os.environ.setdefault("ROS_DOMAIN_ID", str(110 + os.getpid() % 120))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -17,8 +19,9 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-_profile = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "fastdds_shm.xml")
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", _profile)
+# the shipped SHM profile under the name the installed Fast DDS reads (2.x: Jazzy, Humble; 3.x: Kilted)
+_profile = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", FASTDDS_PROFILE)
+os.environ.update(fastdds_profile_env(_profile, os.environ))
 for d in (os.environ["ROS_LOG_DIR"], os.environ["ROS_HOME"]):
     os.makedirs(d, exist_ok=True)
 

