@@ -145,6 +145,9 @@ SIM = NodeSchema(
           "Sim speed relative to the wall clock: 1 = real time, 2 = twice as fast, 0 = as fast as possible.",
           "", 0.0, 100.0),
         P("floor_friction", float, 0.8, "Sliding friction coefficient of the floor.", "", 0.01, 2.0),
+        P("unmapped_obstacles", list, [], "Boxes placed in the cell but left off the published map (goods left "
+          "in an aisle since the map was made): x, y, size x, size y, yaw, height per box, flattened.", "m, rad",
+          read_only=True),
         P("cmd_vel_timeout", float, 0.5, "A cmd_vel older than this is replaced by zero.", "s", 0.01, 10.0),
         P("start_x", float, 0.0, "Start x of the robot after reset (when use_start).",
           "m", -50.0, 50.0),

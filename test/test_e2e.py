@@ -84,6 +84,35 @@ def test_closed_loop_reaches_goal_without_collision_then_mpc_drives_safely(model
     assert all(code == 0 for code in pipe.exit_codes.values()), f"exit codes {pipe.exit_codes}\n{detail}"
 
 
+@pytest.mark.ros
+@pytest.mark.slow
+def test_learned_mpc_drives_round_an_unmapped_obstacle_to_its_goal(models, rclpy_context, tmp_path):
+    """learned_mpc through the whole chain: a box on the straight leg to the goal that the published map
+    lacks (sim_node ``unmapped_obstacles``); the camera's range head (perception) sees it, the policy
+    remembers it and routes round it. 0 contacts, goal reached. (ROS-free, the kinematic controller
+    drives into this very box: test_kinematic.py / docs/control.md.)"""
+    from sakura_nexus import demo
+    from sakura_nexus.sim import CellConfig, FactoryCell
+
+    cell = FactoryCell(CellConfig(seed=SEED), camera_width=16, camera_height=16)
+    start = cell.pose
+    cell.close()
+    goals, _ = demo.pick_goals(SEED, 1, start=start, straight=True, min_dist=1.8, max_dist=3.0, margin=0.3)
+    g = goals[0]
+    box = [(start[0] + g[0]) / 2, (start[1] + g[1]) / 2, 0.45, 0.45, 0.3, 0.7]   # on the straight leg
+    with demo.Pipeline(tmp_path / "e2e_unmapped", seed=SEED, controller="learned_mpc", startup_timeout=60.0,
+                       overrides={"sim_node": {"unmapped_obstacles": box}}) as pipe:
+        m = pipe.mission
+        demo.drive(m, goals, 40.0, TOLERANCE, progress=False, supervisor=pipe.sup)
+        rec = dict(m.log.goals[0])
+        m.hold()
+        time.sleep(0.3)
+    logs = {n: pipe.sup.log_tail(n, 8) for n in pipe.sup.procs}
+    assert rec["collisions"] == 0, f"{rec}\n{logs}"
+    assert rec["reached"], f"{rec}\n{logs}"
+    assert all(code == 0 for code in pipe.exit_codes.values()), f"exit codes {pipe.exit_codes}"
+
+
 # --- ROS-free parts of the demo -------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 3, 5])
 def test_straight_goals_have_a_clear_line_and_are_deterministic(seed):

@@ -74,6 +74,22 @@ def _yaw_of(q) -> float:
     return math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
 
 
+def unmapped_obstacles(flat) -> tuple:
+    """``unmapped_obstacles`` (x, y, sx, sy, yaw, height per box) -> Obstacles (invalid boxes raise)."""
+    from sakura_nexus.sim.layout import Obstacle
+
+    vals = [float(v) for v in flat or []]
+    if len(vals) % 6:
+        raise ValueError(f"unmapped_obstacles needs 6 values per box, got {len(vals)}")
+    out = []
+    for i in range(0, len(vals), 6):
+        x, y, sx, sy, yaw, h = vals[i:i + 6]
+        if not all(math.isfinite(v) for v in (x, y, sx, sy, yaw, h)) or min(sx, sy, h) <= 0:
+            raise ValueError(f"unmapped obstacle {i // 6}: {vals[i:i + 6]} is not a box")
+        out.append(Obstacle(x, y, sx, sy, yaw, "box", h))
+    return tuple(out)
+
+
 class SimNode(NexusNode):
     def __init__(self, **kwargs):
         super().__init__("sim_node", SIM, **kwargs)
@@ -90,6 +106,11 @@ class SimNode(NexusNode):
 
     # --- lifecycle --------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            unmapped_obstacles(self.params.unmapped_obstacles)
+        except ValueError as e:
+            self.get_logger().error(str(e))
+            return TransitionCallbackReturn.FAILURE
         sqos, rqos = sensor_qos(self.params.sensor_reliability), state_qos(10)
         qos = {"image": sqos, "camera_info": sqos}
         qos["map"] = model_qos()  # latched, like a map_server's map
@@ -213,7 +234,8 @@ class SimNode(NexusNode):
     def _loop(self) -> None:
         p = self.params
         if self._cell is None:
-            cfg = CellConfig(seed=p.seed, floor_friction=p.floor_friction, timestep=1.0 / p.physics_rate)
+            cfg = CellConfig(seed=p.seed, floor_friction=p.floor_friction, timestep=1.0 / p.physics_rate,
+                             extra_obstacles=unmapped_obstacles(p.unmapped_obstacles))
             self._cell = FactoryCell(cfg, p.camera_width, p.camera_height)
             start = self._start_pose(self._cell)
             if start is not None:
@@ -295,7 +317,7 @@ class SimNode(NexusNode):
 
     def _publish_map(self, cell: FactoryCell, resolution: float = MAP_RESOLUTION) -> None:
         """The static map of the cell (what a map_server would provide), latched."""
-        data, width, height, origin = occupancy_grid(cell.layout, cell.size[0], resolution)
+        data, width, height, origin = occupancy_grid(cell.map_obstacles, cell.size[0], resolution)
         msg = OccupancyGrid()
         _stamp(msg.header.stamp, cell.time)
         msg.header.frame_id = "odom"

@@ -56,7 +56,14 @@ class ParamStore:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._values: dict[str, Any] = {}
         for p in schema.params:
-            value = node.declare_parameter(p.name, p.default, _descriptor(p)).value
+            default = p.default
+            if p.type is list and not default:       # rclpy types [] as a byte array: declare the type only
+                from rclpy.parameter import Parameter
+
+                default = Parameter.Type.DOUBLE_ARRAY
+            value = node.declare_parameter(p.name, default, _descriptor(p)).value
+            if value is None and p.type is list:
+                value = []
             reason = p.validate(value)
             if reason:
                 node.get_logger().error(f"parameter override refused ({reason}); using default {p.default!r}")
