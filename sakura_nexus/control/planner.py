@@ -56,6 +56,7 @@ class MPPIConfig:
                                      # the map and to ``dynamics.obstacles`` (seen obstacles) if it has one
     obstacle_radius: float = 0.262   # m, robot footprint radius (contact below this clearance)
     obstacle_margin: float = 0.15    # m, the penalty starts at obstacle_radius + margin (r_safe)
+    contact_softness: float = 0.03   # m, map clearance -> contact probability (logistic width at the radius)
     w_memory: float = 0.0            # local-minimum escape: penalty near recently visited positions
     memory_radius: float = 0.35      # m, width of the visited-position bumps
     memory_len: int = 300            # visited positions remembered (one per plan call)
@@ -287,6 +288,8 @@ class MPPIPlanner:
             direction = torch.atan2(dy, dx)
         elif c.w_obstacle > 0 and hasattr(self._ctg, "sample_all"):      # geodesic on a known map
             dist, direction, clearance = self._ctg.sample_all(poses[..., :2])
+            # contact with the map's obstacles counts like a predicted contact (Nav2's collision cost)
+            risk = torch.maximum(risk, torch.sigmoid((c.obstacle_radius - clearance) / c.contact_softness))
         else:
             dist, direction = self._ctg.sample(poses[..., :2])
         seen = getattr(self.dynamics, "obstacles", None)

@@ -33,6 +33,7 @@ import math
 import os
 import pathlib
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -172,6 +173,8 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
     t0 = cell.time
     poses, vels, cmds, plan_ms = [tuple(cell.pose)], [tuple(cell.velocity)], [], []
     min_clear = math.inf
+    reasons: Counter = Counter()
+    contact = None
     reached = collided = moving_collision = False
     cmd = (0.0, 0.0)
     obstacles, size = list(cell.layout), cell.size[0]
@@ -186,6 +189,7 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
             plan_ms.append(out.info["plan_ms"])
         now = cell.time
         safe = safety.filter(out.v, out.w, now, now, out.uncertainty, out.collision_risk, False)
+        reasons.update(safe.reasons)
         cmd = (safe.v, safe.w)
         if mover is not None:
             cell.set_mover(*_mover_xy(mover, cell.time - t0 + dt))
@@ -198,12 +202,18 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
         if res.collided:
             collided = True
             moving_collision = abs(poses[-2][0] - res.pose[0]) + abs(poses[-2][1] - res.pose[1]) > 0.005
+            near = min(obs_now, key=lambda o: free_distance(res.pose[0], res.pose[1], [o], size))
+            bearing = math.atan2(near.y - res.pose[1], near.x - res.pose[0]) - res.pose[2]
+            what = "mover" if mover is not None and near is obs_now[-1] else near.kind
+            contact = {"v": cmd[0], "w": cmd[1], "with": what,
+                       "bearing_deg": round(math.degrees(math.remainder(bearing, 2 * math.pi)))}
             break
     else:
         reached = goal_reached(cell.pose, goal, limits)
     return {"reached": bool(reached), "collided": bool(collided), "robot_moving_at_contact": bool(moving_collision),
             "success": bool(reached and not collided), "time": float(cell.time - t0), "steps": len(cmds),
-            "min_clearance": float(min_clear), "plan_ms_p50": float(np.median(plan_ms)) if plan_ms else None,
+            "min_clearance": float(min_clear), "safety_reasons": dict(reasons), "contact": contact,
+            "plan_ms_p50": float(np.median(plan_ms)) if plan_ms else None,
             "plan_ms_p99": float(np.percentile(plan_ms, 99)) if plan_ms else None,
             "poses": np.asarray(poses).round(4).tolist(), "velocities": np.asarray(vels).round(4).tolist(),
             "commands": np.asarray(cmds).round(4).tolist()}
@@ -346,6 +356,35 @@ def summarise(eps: list) -> dict:
             if n else None}
 
 
+def familiarity(range_head, seed: int = HELD_OUT_SEED, layouts: int = 20, per_layout: int = 10) -> dict:
+    """The range head's uncertainty and error on held-out layouts as trained (lighting 0.7-1.3) and
+    on scenes unlike its training data (lighting x0.25 and x2.5), with the share of frames at which the
+    safety layer's ``uncertainty_slow`` (0.5) would slow the robot down."""
+    from sakura_nexus.models.obstacles import true_ranges
+    from sakura_nexus.sim import CellConfig, FactoryCell
+
+    from .episode import _to_tensor
+
+    out = {}
+    for name, light in (("familiar", None), ("dark_x0.25", 0.25), ("bright_x2.5", 2.5)):
+        rng = np.random.default_rng(seed)
+        unc, err = [], []
+        for k in range(layouts):
+            cell = FactoryCell(CellConfig(seed=seed + k, light=light), camera_width=64, camera_height=64)
+            for _ in range(per_layout):
+                pose = cell.sample_free_pose(rng, 0.05)
+                cell.set_pose(*pose)
+                r, u = range_head.predict(_to_tensor(cell.render(64, 64)))
+                t = true_ranges(cell.layout, cell.size[0], pose, range_head.range_config)
+                unc.append(u)
+                err.append(float(np.median(np.abs(r - t)[t < 1.5])) if (t < 1.5).any() else np.nan)
+            cell.close()
+        out[name] = {"uncertainty_median": float(np.median(unc)), "uncertainty_p90": float(np.percentile(unc, 90)),
+                     "share_above_slow_0.5": float(np.mean(np.asarray(unc) > 0.5)),
+                     "near_range_abs_err_median_m": float(np.nanmedian(err))}
+    return out
+
+
 def jobs_for(conditions, episodes: int, seed: int, max_time: float, adapt_s: float) -> list[dict]:
     jobs = []
     for c in conditions:
@@ -472,6 +511,7 @@ def suite_main(argv: list[str] | None = None) -> int:
             _document(results, a.seed, a.episodes, a.max_time, a.adapt_s)))
 
     doc = run_suite(conds, a.episodes, a.seed, a.max_time, a.adapt_s, a.workers, on_result=partial)
+    doc["range_head_familiarity"] = familiarity(_Setup().range_head, a.seed)
     doc["wall_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(doc))
     md = markdown(doc)

@@ -135,18 +135,31 @@ class ObstacleMemory:
     """Obstacle points seen by the camera, in the odom frame (see module docstring)."""
 
     def __init__(self, config: RangeConfig | None = None, memory_s: float = 20.0, clear_margin: float = 0.25,
-                 keep_radius: float = 4.0, max_points: int = 600, max_std: float = 0.6):
+                 keep_radius: float = 4.0, max_points: int = 600, max_std: float = 0.6, add_range: float = 1.5,
+                 moving_speed: float = 0.5, moving_memory_s: float = 4.0, step_dt: float = 0.1,
+                 moving_margin: float = 0.5):
         self.cfg = config or RangeConfig()
         self.memory_s, self.clear_margin = float(memory_s), float(clear_margin)
         self.keep_radius, self.max_points, self.max_std = float(keep_radius), int(max_points), float(max_std)
+        # only ray ends this close become obstacle points: the head is precise near (median error 4 cm
+        # under 1 m) and coarse far (p90 0.4 m); far obstacles are added once the robot comes closer
+        self.add_range = float(add_range)
+        # moving things: a point that appears where the camera saw free space a moment ago is moving;
+        # it may have moved on at up to moving_speed since it was seen, and will keep moving along
+        # the planner's horizon (step_dt per rollout step): its clearance shrinks with both
+        self.moving_speed, self.moving_memory_s, self.step_dt = float(moving_speed), float(moving_memory_s), step_dt
+        self.moving_margin = float(moving_margin)   # seen-free by this much more than the head's error
         self._edges = np.linspace(-self.cfg.hfov / 2, self.cfg.hfov / 2, self.cfg.bins + 1)
         self.reset()
 
     def reset(self) -> None:
         self.points = np.zeros((0, 2))
         self.stamps = np.zeros(0)
+        self.moving = np.zeros(0, dtype=bool)
+        self._frames: list = []        # recent (t, cx, cy, yaw, ranges): was a new point's place free?
         self._t = None
         self._pts_t = torch.zeros(0, 2)
+        self._grow_t = torch.zeros(0)
         self.version = 0
 
     def __len__(self) -> int:
@@ -164,7 +177,7 @@ class ObstacleMemory:
         x, y, yaw = (float(v) for v in pose)
         cx, cy = x + c.camera_x * math.cos(yaw), y + c.camera_x * math.sin(yaw)
         ranges = np.asarray(ranges, dtype=float)
-        keep = self.stamps > t - self.memory_s
+        keep = self.stamps > t - np.where(self.moving, self.moving_memory_s, self.memory_s)
         if len(self.points):
             d = np.hypot(self.points[:, 0] - cx, self.points[:, 1] - cy)
             b = (np.arctan2(self.points[:, 1] - cy, self.points[:, 0] - cx) - yaw + math.pi) % (2 * math.pi) - math.pi
@@ -172,42 +185,69 @@ class ObstacleMemory:
             inside = (np.abs(b) < c.hfov / 2) & (d < c.max_range)
             seen_through = inside & (d < ranges[k] - self.clear_margin)
             keep &= ~seen_through & (np.hypot(self.points[:, 0] - x, self.points[:, 1] - y) < self.keep_radius)
-        pts, st = self.points[keep], self.stamps[keep]
+        pts, st, mv = self.points[keep], self.stamps[keep], self.moving[keep]
         if uncertainty <= self.max_std:
-            hit = ranges < c.max_range * 0.97
+            hit = ranges < min(c.max_range * 0.97, self.add_range)
             ang = yaw + c.bearings()[hit]
             new = np.stack([cx + ranges[hit] * np.cos(ang), cy + ranges[hit] * np.sin(ang)], 1)
             if known is not None and len(new):      # already on the map: the map's critic has it
                 new = new[~np.asarray(known(new), dtype=bool)]
             pts, st = np.concatenate([pts, new]), np.concatenate([st, np.full(len(new), t)])
+            mv = np.concatenate([mv, self._appeared_in_free_space(new, t)])
+        self._frames = [f for f in self._frames if f[0] > t - 1.0] + [(t, cx, cy, yaw, ranges)]
         if len(pts) > self.max_points:
-            pts, st = pts[-self.max_points:], st[-self.max_points:]
+            pts, st, mv = pts[-self.max_points:], st[-self.max_points:], mv[-self.max_points:]
         changed = len(pts) != len(self.points) or (len(pts) and not np.array_equal(pts[-1], self.points[-1]))
-        self.points, self.stamps = pts, st
+        self.points, self.stamps, self.moving = pts, st, mv
         self._pts_t = torch.as_tensor(pts, dtype=torch.float32)
+        # how far each point may have moved since it was seen (0 for static ones)
+        self._grow_t = torch.as_tensor(np.where(mv, self.moving_speed * (t - st), 0.0), dtype=torch.float32)
         if changed:                                 # consumers (the route) rebuild only on a change
             self.version += 1
 
+    def _appeared_in_free_space(self, new: np.ndarray, t: float) -> np.ndarray:
+        """Mask of ``new`` points that lie where a frame 0.3-1 s ago saw free space (they moved there)."""
+        old = [f for f in self._frames if t - 1.0 <= f[0] <= t - 0.3]
+        out = np.zeros(len(new), dtype=bool)
+        if not old or not len(new):
+            return out
+        c = self.cfg
+        _, cx, cy, yaw, ranges = old[0]
+        d = np.hypot(new[:, 0] - cx, new[:, 1] - cy)
+        b = (np.arctan2(new[:, 1] - cy, new[:, 0] - cx) - yaw + math.pi) % (2 * math.pi) - math.pi
+        k = np.clip(np.searchsorted(self._edges, b) - 1, 0, c.bins - 1)
+        return (np.abs(b) < c.hfov / 2 - 0.05) & (d < ranges[k] - self.moving_margin)
+
     def clearance(self, xy: torch.Tensor) -> torch.Tensor:
         """Distance (...) from each point of ``xy`` (..., 2) to the nearest remembered obstacle point
-        (a large value where nothing is remembered)."""
+        (a large value where nothing is remembered). Moving points count as discs that grow at
+        ``moving_speed`` from when they were seen; for rollouts (B, H, 2) also along the horizon
+        (``step_dt`` per step)."""
         if not len(self._pts_t):
             return torch.full(xy.shape[:-1], 1e3, dtype=xy.dtype)
         flat = xy.reshape(-1, 2).to(torch.float32)
-        d = torch.cdist(flat, self._pts_t).min(1).values
-        return d.reshape(xy.shape[:-1]).to(xy.dtype)
+        d = torch.cdist(flat, self._pts_t)                                  # (N, M)
+        if bool(self.moving.any()):
+            grow = self._grow_t.expand(d.shape[0], -1)
+            if xy.dim() == 3 and self.step_dt:                              # (B, H, 2): step k is (k+1) dt ahead
+                h = xy.shape[1]
+                ahead = (torch.arange(1, h + 1, dtype=torch.float32) * self.step_dt).repeat(xy.shape[0])
+                grow = grow + ahead[:, None] * torch.as_tensor(self.moving, dtype=torch.float32) * self.moving_speed
+            d = d - grow
+        return d.min(1).values.reshape(xy.shape[:-1]).to(xy.dtype)
 
     def mark(self, grid: np.ndarray, resolution: float, origin_xy, value: int = 100,
              radius: float = 0.05) -> np.ndarray:
         """A copy of the occupancy ``grid`` (rows = y) with the remembered points (disc of ``radius``)
         marked occupied."""
         out = np.array(grid, dtype=np.int16, copy=True)
-        if not len(self.points):
+        pts = self.points[~self.moving]                # moving things are avoided, not routed round
+        if not len(pts):
             return out
         h, w = out.shape
         rr = max(0, int(math.ceil(radius / resolution)))
-        cols = ((self.points[:, 0] - origin_xy[0]) / resolution).astype(int)
-        rows = ((self.points[:, 1] - origin_xy[1]) / resolution).astype(int)
+        cols = ((pts[:, 0] - origin_xy[0]) / resolution).astype(int)
+        rows = ((pts[:, 1] - origin_xy[1]) / resolution).astype(int)
         for di in range(-rr, rr + 1):
             for dj in range(-rr, rr + 1):
                 i, j = rows + di, cols + dj

@@ -17,9 +17,28 @@ from .obstacles import RangeConfig, RangeHead, true_ranges
 __all__ = ["collect_range_data", "fit_range_head"]
 
 
+def _driving_poses(cell, rng, n: int) -> list:
+    """``n`` poses along a kinematic-MPC drive to a random goal in ``cell`` (the poses a robot really
+    sees from: near walls, at grazing angles, turning), with the static map."""
+    from sakura_nexus.control.episode import run_episode, sample_task
+    from sakura_nexus.control.learned import KinematicMPC
+    from sakura_nexus.control.planner import MPPIConfig
+
+    try:
+        start, goal, _ = sample_task(cell, rng, 2.0)
+    except RuntimeError:
+        return []
+    ctrl = KinematicMPC(MPPIConfig(members=1, seed=int(rng.integers(1 << 30))), (cell.layout, cell.size[0]))
+    path = run_episode(cell, ctrl, start, goal, max_time=20.0).path
+    if len(path) < 2:
+        return []
+    return [tuple(p) for p in path[rng.choice(len(path), min(n, len(path)), replace=False)]]
+
+
 def collect_range_data(seeds, per_layout: int = 50, cfg: RangeConfig | None = None, seed: int = 0,
-                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 64, 64, 3) uint8, ranges (N, bins) float32) from ``per_layout`` poses per layout."""
+                       progress: bool = True, driving_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 64, 64, 3) uint8, ranges (N, bins) float32) from ``per_layout`` poses per layout:
+    ``driving_fraction`` of them along a drive, the rest uniformly random free poses."""
     from sakura_nexus.sim import CellConfig, FactoryCell
 
     cfg = cfg or RangeConfig()
@@ -35,11 +54,13 @@ def collect_range_data(seeds, per_layout: int = 50, cfg: RangeConfig | None = No
             cell = FactoryCell(CellConfig(seed=int(s)), camera_width=64, camera_height=64)
         else:
             cell.reset(seed=int(s))
-        for _ in range(per_layout):
+        poses = _driving_poses(cell, rng, int(per_layout * driving_fraction)) if driving_fraction > 0 else []
+        while len(poses) < per_layout:
             try:
-                x, y, yaw = cell.sample_free_pose(rng, float(rng.choice([0.0, 0.05, 0.2, 0.5])))
+                poses.append(cell.sample_free_pose(rng, float(rng.choice([0.0, 0.05, 0.2, 0.5]))))
             except RuntimeError:                     # a tight layout: no pose that far from everything
-                x, y, yaw = cell.sample_free_pose(rng, 0.0)
+                poses.append(cell.sample_free_pose(rng, 0.0))
+        for x, y, yaw in poses:
             cell.set_pose(x, y, yaw)
             imgs.append(cell.render(64, 64).copy())
             rs.append(true_ranges(cell.layout, cell.size[0], (x, y, yaw), cfg))
@@ -52,7 +73,7 @@ def _batch(images: np.ndarray, idx) -> torch.Tensor:
     return torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255.0
 
 
-def fit_range_head(images: np.ndarray, ranges: np.ndarray, cfg: RangeConfig | None = None, epochs: int = 12,
+def fit_range_head(images: np.ndarray, ranges: np.ndarray, cfg: RangeConfig | None = None, epochs: int = 24,
                    batch: int = 128, lr: float = 3e-3, seed: int = 0, val_fraction: float = 0.1,
                    progress: bool = True) -> tuple[RangeHead, dict]:
     """Train on log-range (Huber); each head sees its own bootstrap weights on the batch. Returns the
@@ -127,7 +148,7 @@ def main(argv=None) -> int:
                                 description="teach the camera's free-range head in the MuJoCo cell")
     p.add_argument("--layouts", type=int, default=400, help="training layouts 0..N-1")
     p.add_argument("--per-layout", type=int, default=50)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--cache", default="out/range_data.npz", help="frames cache (reused if present)")
     p.add_argument("--out", default="models/range_head.bin")
     a = p.parse_args(argv)
