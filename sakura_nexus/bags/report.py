@@ -128,13 +128,15 @@ def plot_bag(b: BagData, info: dict, path: pathlib.Path) -> None:
              f"{al['odometry_offset_ms'].get('p95')}",
              f"stale cmd (as zero)  {al['steps_with_stale_command_as_zero']} steps",
              f"segments             {seg['count']}",
-             f"contacts topic       {'yes' if r['has_contacts'] else 'no (collision head not trained)'}"]
+             f"contacts topic       {'yes' if r['has_contacts'] else 'none: no collision labels'}"]
+    lines.append("stamps     reord  late   dup  zero   bad")
     for role, st in s.items():
-        lines.append(f"{role:9s} reordered {st['reordered']}, non-monotonic {st['non_monotonic']}, "
-                     f"dup {st['duplicate_stamp']}, zero {st['zero_stamp']}, bad {st['undecodable']}")
+        lines.append(f"{role:9s} {st['reordered']:6d} {st['non_monotonic']:5d} {st['duplicate_stamp']:5d} "
+                     f"{st['zero_stamp']:5d} {st['undecodable']:5d}")
+    lines.append("(late: > max_reorder behind, dropped)")
     if r.get("read_error"):
         lines.append(f"READ ERROR: {r['read_error'][:60]}")
-    ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7.5)
+    ax.text(-0.1, 1, "\n".join(lines), va="top", family="monospace", fontsize=8, transform=ax.transAxes)
     ax.set_title("alignment", loc="left")
 
     ax = fig.add_subplot(gs[2, :])
