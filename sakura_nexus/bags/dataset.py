@@ -6,7 +6,8 @@ action k is the command held from t_k to t_k+1 -- as in the sim collector. Per b
 1. Read odometry, commands, contacts and the image stamps (pass 1; no pixels decoded). Every stream is
    put in header-stamp order: messages up to ``max_reorder`` behind the newest one are re-sorted
    (counted ``reordered``), those further behind (a clock reset, merged bags) are dropped
-   (``non_monotonic``), zero stamps and exact duplicates too. Topics without a header (Twist, Bool)
+   (``non_monotonic``), zero stamps and exact duplicates too (of commands the last one is kept; all
+   contact messages are kept). Topics without a header (Twist, Bool)
    use the bag's log time, moved onto the header clock by the median (log time - stamp) of odometry.
 2. Grid t_k = t_0 + k dt over the time covered by both camera and odometry. A grid point is usable if
    a frame and an odometry sample lie within ``tolerance`` of it; a step k -> k+1 is usable if both
@@ -59,8 +60,11 @@ class Stream:
     stats: dict = field(default_factory=dict)
 
 
-def _order(t: np.ndarray, values: np.ndarray, max_reorder_ns: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Sort a stream that arrived in log order; see the module docstring for what is dropped."""
+def _order(t: np.ndarray, values: np.ndarray, max_reorder_ns: int,
+           duplicates: str = "first") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sort a stream that arrived in log order; see the module docstring for what is dropped.
+    ``duplicates``: which of several messages with one stamp stays: "first", "last" (a command: the
+    newest wins; log times repeat when the recorder's clock is sim time) or "all" (contacts)."""
     n = len(t)
     keep = t > 0
     zero = int(n - keep.sum())
@@ -73,9 +77,15 @@ def _order(t: np.ndarray, values: np.ndarray, max_reorder_ns: int) -> tuple[np.n
     idx = np.argsort(t, kind="stable")
     t, values = t[idx], values[idx]
     dup = np.zeros(len(t), bool)
-    dup[1:] = t[1:] == t[:-1]
+    if duplicates == "last":
+        dup[:-1] = t[:-1] == t[1:]
+    else:
+        dup[1:] = t[1:] == t[:-1]
+    if duplicates == "all":
+        stats_dup = int(dup.sum())
+        dup[:] = False
     stats = {"messages": n, "zero_stamp": zero, "non_monotonic": int(late.sum()), "reordered": reordered,
-             "duplicate_stamp": int(dup.sum())}
+             "duplicate_stamp": stats_dup if duplicates == "all" else int(dup.sum())}
     return t[~dup], values[~dup], stats
 
 
@@ -123,7 +133,8 @@ def read_streams(bag: Bag, cfg: AlignConfig, progress: bool = False) -> dict[str
         t = np.asarray([r[0] for r in rows[role]], np.int64)
         if not stamped:
             t = t - offset
-        t, v, stats = _order(t, a[:, 1:], int(cfg.max_reorder * NS))
+        t, v, stats = _order(t, a[:, 1:], int(cfg.max_reorder * NS),
+                             {"cmd": "last", "contacts": "all"}.get(role, "first"))
         stats["undecodable"] = bag.undecodable.get(role, 0)
         stats["time_source"] = "header stamp" if stamped else "log time - odometry delay"
         if role == "image":

@@ -94,7 +94,7 @@ def plot_bag(b: BagData, info: dict, path: pathlib.Path) -> None:
         ax.hist(a, bins=bins, color="0.7", label="all steps")
         if len(b.used) and b.used.any():
             ax.hist(a[b.used], bins=bins, color="tab:blue", alpha=0.8, label="used")
-        ax.set_title(f"action histogram: {label}")
+        ax.set_title(f"histogram: {label.split(' [')[0]}")
         ax.set_xlabel(label)
         ax.legend(fontsize=8)
 
@@ -115,6 +115,8 @@ def plot_bag(b: BagData, info: dict, path: pathlib.Path) -> None:
             ax.text(v, i, f" {v}", va="center", fontsize=8)
     else:
         ax.text(0.5, 0.5, "nothing dropped", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax.set_title("dropped grid points / steps, by reason")
     ax.tick_params(axis="y", labelsize=7)
 
