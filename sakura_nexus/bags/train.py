@@ -39,6 +39,7 @@ class BagTrainConfig:
     wm_iters: int = 800
     lr: float = 1e-4
     wm_lr: float = 3e-4
+    decoder_warmup: int = 300  # fine-tuning: iterations of the fresh recon decoder alone, before the stages
     test_fraction: float = 0.15
     eval_horizon: int = 10
     progress: bool = True
@@ -72,6 +73,28 @@ def split(items: list[BagData], cfg: BagTrainConfig):
     if not test:
         return train_d, train_d, True
     return train_d, Trajectories.concat(test), False
+
+
+def warm_up_decoder(trainer, iters: int, batch: int = 64) -> None:
+    """Fit the training-only reconstruction decoder to the checkpoint's (frozen) latent first: a
+    fresh decoder's large early gradients would otherwise reshape the pretrained latent."""
+    import torch
+    import torch.nn.functional as F
+
+    from sakura_nexus.models.evaluation import embed_frames
+    from sakura_nexus.models.losses import learned_part
+
+    with torch.no_grad():
+        emb = embed_frames(trainer.encoder, trainer.data.images)
+        z = learned_part(trainer.model.encode(emb, trainer.proprio)).reshape(-1, trainer.decoder.net[0].in_features)
+    thumbs = trainer.thumbs.reshape(len(z), -1)
+    opt = torch.optim.AdamW(trainer.decoder.parameters(), lr=1e-3, weight_decay=trainer.cfg.weight_decay)
+    for _ in range(iters):
+        i = torch.from_numpy(trainer.rng.integers(0, len(z), batch))
+        loss = F.mse_loss(trainer.decoder(z[i]), thumbs[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 def _summary(metrics: dict, horizon: int) -> dict:
@@ -145,6 +168,9 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
                                                                      for b in loaded))
     train_data, test_data, test_is_train = split(usable, cfg)
     has_contacts = all(b.report["has_contacts"] for b in usable)
+    # only negative collision labels (a run without a single contact) would teach the head that
+    # nothing is ever hit: then the collision loss is off, as without a contacts topic
+    train_collisions = has_contacts and bool(train_data.collided.any())
 
     def init_ckpt():
         if cfg.init == "none":
@@ -155,7 +181,7 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
     T = cfg.align.segment_steps
     tcfg = TrainConfig(seed=cfg.seed, threads=cfg.threads, joint_iters=cfg.joint_iters, wm_iters=cfg.wm_iters,
                        lr=cfg.lr, wm_lr=cfg.wm_lr, joint_seq=min(5, T), wm_seq=min(10, T),
-                       w_collision=3.0 if has_contacts else 0.0, eval_horizon=min(cfg.eval_horizon, T),
+                       w_collision=3.0 if train_collisions else 0.0, eval_horizon=min(cfg.eval_horizon, T),
                        adaptation_minutes=0.0, progress=cfg.progress,
                        world_model=asdict(shipped.world_model.config) if shipped else {})
     old_threads = torch.get_num_threads()
@@ -167,6 +193,9 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
                 metrics["before"] = evaluate(shipped.encoder, shipped.world_model, test_data, tcfg.eval_horizon,
                                              reference=train_data)
         trainer = _Trainer(tcfg, train_data, init=init_ckpt())
+        if shipped is not None and cfg.decoder_warmup:
+            with timer("decoder_warmup"):
+                warm_up_decoder(trainer, cfg.decoder_warmup)
         with _progress_bar(tcfg.joint_iters + tcfg.wm_iters, cfg.progress) as bar:
             with timer("joint"):
                 trainer.stage_joint(bar)
@@ -205,6 +234,7 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
                  "train_windows": int(train_data.actions.shape[0]), "test_windows": int(test_data.actions.shape[0]),
                  "train_transitions": train_data.n_transitions, "test_transitions": test_data.n_transitions,
                  "test_is_train": test_is_train, "contacts": has_contacts,
+                 "collision_head_trained": train_collisions,
                  "train_collision_rate": float(train_data.collided.mean()),
                  "camera": [cfg.align.image_size, cfg.align.image_size]},
         "train_config": {k: v for k, v in asdict(tcfg).items()
