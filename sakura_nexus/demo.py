@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
 def _start_recorder(path: pathlib.Path):
     import shutil
 
-    from sakura_nexus.bags.record import Recorder
+    from sakura_nexus.ros.bag_recorder import Recorder
 
     shutil.rmtree(path, ignore_errors=True)  # the rosbags writer refuses an existing bag directory
     return Recorder(path)

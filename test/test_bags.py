@@ -235,7 +235,7 @@ def test_the_demo_recorder_writes_a_bag_train_reads(ros_node, tmp_path):
     from sensor_msgs.msg import Image
     from std_msgs.msg import Bool
 
-    from sakura_nexus.bags.record import Recorder
+    from sakura_nexus.ros.bag_recorder import Recorder
 
     rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {k: ros_node.create_publisher(t, k, rel) for k, t in (

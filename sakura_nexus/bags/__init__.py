@@ -6,7 +6,7 @@
   result into the :class:`~sakura_nexus.models.data.Trajectories` the sim collector produces;
 - :mod:`.train`: ``sakura-nexus train --bag`` (fine-tunes the shipped checkpoint);
 - :mod:`.report`: ``sakura-nexus inspect --bag`` (PNG + JSON data report);
-- :mod:`.record`: ``sakura-nexus demo --record`` (needs rclpy; writes an MCAP bag of the run).
+- :mod:`sakura_nexus.ros.bag_recorder`: ``sakura-nexus demo --record`` (rclpy; writes an MCAP bag).
 """
 
 from .reader import BagError
