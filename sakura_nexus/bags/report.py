@@ -63,8 +63,8 @@ def plot_bag(b: BagData, info: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(13, 9.5))
-    gs = fig.add_gridspec(3, 3, height_ratios=[1.3, 1, 0.6])
+    fig = plt.figure(figsize=(14, 9.5))
+    gs = fig.add_gridspec(3, 3, height_ratios=[1.3, 1, 0.6], width_ratios=[1, 1, 1.15])
     name = pathlib.Path(b.path).name
     r = b.report
     seg = r["segments"]
@@ -138,7 +138,7 @@ def plot_bag(b: BagData, info: dict, path: pathlib.Path) -> None:
     lines.append("(late: > max_reorder behind, dropped)")
     if r.get("read_error"):
         lines.append(f"READ ERROR: {r['read_error'][:60]}")
-    ax.text(-0.1, 1, "\n".join(lines), va="top", family="monospace", fontsize=8, transform=ax.transAxes)
+    ax.text(-0.05, 1, "\n".join(lines), va="top", family="monospace", fontsize=7.5, transform=ax.transAxes)
     ax.set_title("alignment", loc="left")
 
     ax = fig.add_subplot(gs[2, :])
