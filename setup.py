@@ -25,6 +25,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "rosbags>=0.10",  # pure-Python rosbag2 reader/writer: `train --bag`, `inspect` (no ROS needed)
     ],
     extras_require={
         "sim": ["mujoco>=3.1"],

@@ -13,7 +13,10 @@ import sys
 # command -> (module, function, help). Each function takes the remaining argv.
 COMMANDS = {
     "demo": ("sakura_nexus.demo", "main", "run the MuJoCo cell + the four nodes and write a report"),
-    "train": ("sakura_nexus.models.training", "train_main", "collect sim data and train encoder + world model"),
+    "train": ("sakura_nexus.models.training", "train_main",
+              "collect sim data (or read --bag rosbags) and train encoder + world model"),
+    "inspect": ("sakura_nexus.bags.report", "inspect_main",
+                "data report of rosbag2 bags before training (PNG + JSON; ROS-free)"),
     "evaluate": ("sakura_nexus.control.evaluate", "evaluate_main",
                  "closed-loop MPC vs go-to-goal evaluation in the sim (ROS-free); --suite: learned vs "
                  "kinematic MPC on held-out layouts"),

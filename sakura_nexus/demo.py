@@ -813,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fleet", action="store_true",
                     help="also run the fleet aggregator (Flower) and federated_sync_node (adds ~1 min of start-up)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--record", action="store_true",
+                    help="write an MCAP bag of the run to OUT/bag (camera as JPEG; for `sakura-nexus train --bag`)")
     args = ap.parse_args(argv)
 
     reason = models_missing()
@@ -834,7 +836,12 @@ def main(argv: list[str] | None = None) -> int:
     t_wall = time.monotonic()
     with pipe:
         print(f"pipeline up after {pipe.startup_s:.1f} s: driving", flush=True)
-        drive(pipe.mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet, supervisor=pipe.sup)
+        recorder = _start_recorder(out / "bag") if args.record else None
+        try:
+            drive(pipe.mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet,
+                  supervisor=pipe.sup)
+        finally:
+            recorded = recorder.close() if recorder else None
         pipe.mission.hold()
         if fleet:
             _wait_for_global_model(pipe.mission, timeout=120.0)
@@ -860,9 +867,20 @@ def main(argv: list[str] | None = None) -> int:
         f = summary["federated"]
         print(f"global model       : v{f['global_version_start']} -> v{f['global_version_end']}, "
               f"{f['bytes_sent_upstream']} bytes sent upstream")
+    if recorded is not None:
+        print(f"bag                : {out / 'bag'} ({', '.join(f'{t} {n}' for t, n in sorted(recorded.items()))})")
     print(f"report             : {png}")
     print(f"summary            : {out / 'summary.json'}")
     return 0 if summary["goals_reached"] > 0 and summary["collisions"] == 0 else 1
+
+
+def _start_recorder(path: pathlib.Path):
+    import shutil
+
+    from sakura_nexus.ros.bag_recorder import Recorder
+
+    shutil.rmtree(path, ignore_errors=True)  # the rosbags writer refuses an existing bag directory
+    return Recorder(path)
 
 
 def _fleet_available() -> bool:

@@ -196,6 +196,11 @@ PERCEPTION = NodeSchema(
           choices=("best_effort", "reliable"), read_only=True),
         P("sensor_depth", int, 1, "History depth of the image subscription (1 = latest frame wins; the "
           "inference thread always takes only the newest frame).", "frames", 1, 1000, read_only=True),
+        P("image_transport", str, "raw", "raw: subscribe sensor_msgs/Image on image_raw; compressed: "
+          "sensor_msgs/CompressedImage (JPEG/PNG, image_transport's format strings) on image_raw/compressed.",
+          "", choices=("raw", "compressed"), read_only=True),
+        P("max_image_pixels", int, 4096 * 4096, "Compressed frames whose header announces more pixels are "
+          "dropped before decoding (decompression-bomb guard).", "px", 1, 2**31 - 1),
         *_CLOCK,
         *_COMMON,
     ),

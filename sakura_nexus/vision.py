@@ -14,6 +14,11 @@ mono16       top 8 bits (value / 257, rounded) replicated: mono16 = 257 * mono8 
 
 Anything inconsistent (unknown encoding, zero size, ``step < width * bytes_per_pixel``,
 ``len(data) != step * height``) raises :class:`ImageError`, which the node counts and drops.
+
+``sensor_msgs/CompressedImage`` (image_transport "compressed": JPEG or PNG) goes through
+:func:`compressed_header` (format string and magic bytes must agree; the width and height are read
+from the PNG IHDR / JPEG SOF header, and images above ``max_pixels`` are refused *before* anything
+is decoded, so a small file announcing 60000x60000 never allocates) and :func:`decode_compressed`.
 """
 
 from __future__ import annotations
@@ -89,6 +94,93 @@ def decode(encoding: str, height: int, width: int, step: int, is_bigendian: bool
         np.clip(depth, 0.0, depth_max, out=depth)
         grey = np.rint(depth * (255.0 / depth_max)).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+# CompressedImage ------------------------------------------------------------------------------
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8"
+MAX_PIXELS = 4096 * 4096
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8 and CC are not SOF
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_codec(fmt: str) -> str:
+    """The codec a CompressedImage ``format`` names: "jpeg" or "png" ("jpeg", "png",
+    "bgr8; jpeg compressed bgr8", ...). compressedDepth and anything else raise ImageError."""
+    f = fmt.lower()
+    if "compresseddepth" in f:
+        raise ImageError("format", f"compressedDepth is not supported ({fmt!r})")
+    has_jpeg, has_png = "jpeg" in f or "jpg" in f, "png" in f
+    if has_jpeg == has_png:
+        raise ImageError("format", f"format {fmt!r} names neither jpeg nor png")
+    return "jpeg" if has_jpeg else "png"
+
+
+def _jpeg_size(buf: bytes) -> tuple[int, int]:
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise ImageError("corrupt", f"JPEG marker expected at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(buf[i + 2:i + 4], "big")
+        if length < 2:
+            raise ImageError("corrupt", f"JPEG segment length {length} at byte {i}")
+        if marker in _SOF:
+            if i + 9 > n:
+                break
+            h, w = int.from_bytes(buf[i + 5:i + 7], "big"), int.from_bytes(buf[i + 7:i + 9], "big")
+            return w, h
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        i += 2 + length
+    raise ImageError("corrupt", "JPEG without a frame (SOF) header")
+
+
+def compressed_header(fmt: str, data, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """O(header) check of CompressedImage fields: -> (codec, width, height). Nothing is decoded.
+    Raises :class:`ImageError` (``format``, ``corrupt``, ``size``) on anything inconsistent."""
+    codec = compressed_codec(fmt)
+    head = bytes(memoryview(data)[:65536]) if not isinstance(data, bytes) else data[:65536]
+    if head.startswith(PNG_MAGIC):
+        actual = "png"
+    elif head.startswith(JPEG_MAGIC):
+        actual = "jpeg"
+    else:
+        raise ImageError("corrupt", f"{len(data)} bytes that are neither JPEG nor PNG")
+    if actual != codec:
+        raise ImageError("format", f"format {fmt!r} but the data is {actual}")
+    if actual == "png":
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise ImageError("corrupt", "PNG without an IHDR header")
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    else:
+        w, h = _jpeg_size(head)
+    if w <= 0 or h <= 0:
+        raise ImageError("size", f"zero-size {actual} {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError("size", f"{actual} of {w}x{h} pixels is above the limit of {max_pixels} pixels")
+    return actual, w, h
+
+
+def decode_compressed(fmt: str, data, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a CompressedImage (JPEG / PNG, any bit depth or channel count) into RGB uint8."""
+    _, w, h = compressed_header(fmt, data, max_pixels)
+    buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).reshape(-1)
+    try:
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise ImageError("corrupt", f"decoder error: {e}") from None
+    if bgr is None:
+        raise ImageError("corrupt", f"undecodable {len(buf)}-byte image")
+    if bgr.shape[:2] != (h, w):
+        raise ImageError("corrupt", f"decoded {bgr.shape[1]}x{bgr.shape[0]}, header said {w}x{h}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CORE_DIRS = ["sim", "models", "control", "federated"]
+CORE_DIRS = ["sim", "models", "control", "federated", "bags"]
 ROS_DIRS = {"ros", "nodes", "msg"}
 
 

@@ -206,6 +206,103 @@ def test_fuzzed_images_never_kill_the_node_and_are_all_counted(ros_node, encoder
         rig.proc.stop()
 
 
+def _compressed(arr: np.ndarray, stamp_ns: int, ext: str = ".png", fmt: str | None = None, data: bytes | None = None):
+    from sensor_msgs.msg import CompressedImage
+
+    msg = CompressedImage()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    msg.format = fmt if fmt is not None else ("png" if ext == ".png" else "bgr8; jpeg compressed bgr8")
+    if data is None:
+        ok, buf = cv2.imencode(ext, arr[:, :, ::-1])
+        data = buf.tobytes()
+    msg.data = data
+    return msg
+
+
+def _header_claims(data: bytes, w: int, h: int) -> bytes:
+    """A valid PNG / JPEG whose header announces w x h pixels."""
+    import zlib
+
+    b = bytearray(data)
+    if data.startswith(b"\x89PNG"):
+        b[16:24] = w.to_bytes(4, "big") + h.to_bytes(4, "big")
+        b[29:33] = zlib.crc32(bytes(b[12:29])).to_bytes(4, "big")
+    else:
+        i = data.index(b"\xff\xc0")
+        b[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(b)
+
+
+def test_compressed_images_embed_like_raw_and_fuzzed_ones_are_all_counted(ros_node, encoder_files):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage
+
+    rig = Rig(ros_node, {"checkpoint": str(encoder_files[0]), "undistort": False, "image_transport": "compressed",
+                         "sensor_depth": 200})
+    pub = ros_node.create_publisher(CompressedImage, "image_raw/compressed",
+                                    QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+
+    def embed(msg):
+        s = rig._ns(msg)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pub.publish(msg)
+            if wait_for(lambda: any(rig._ns(o) == s for o in rig.obs), 1.0):
+                return np.array(next(o for o in rig.obs if rig._ns(o) == s).embedding)
+        raise AssertionError(f"no observation for stamp {s}; node output:\n{rig.proc.output()[-3000:]}")
+
+    try:
+        rgb = _scene()
+        png = embed(_compressed(rgb, rig.stamp()))
+        jpg = embed(_compressed(rgb, rig.stamp(), ".jpg"))
+        other = embed(_compressed(_scene(seed=5), rig.stamp()))
+        assert "image_raw/compressed QoS" in rig.proc.output()
+        assert np.abs(other - png).max() > 5 * EMB_TOL
+        assert np.abs(jpg - png).max() < 5 * EMB_TOL  # lossy, but the same picture
+        before = rig.diagnostics()
+        base = sum(int(v) for k, v in before.items() if k.startswith("dropped_"))
+        rng = random.Random(11)
+        ok_png = _compressed(rgb, 0).data.tobytes()
+        ok_jpg = _compressed(rgb, 0, ".jpg").data.tobytes()
+        n_bad, valid = 0, []
+        for i in range(600):
+            if i % 60 == 30:
+                s = rig.stamp()
+                valid.append(s)
+                pub.publish(_compressed(_scene(seed=i), s, ".jpg"))
+                time.sleep(0.05)
+                continue
+            kind = i % 6
+            if kind == 0:  # garbage bytes
+                junk = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 50, 900])))
+                m = _compressed(rgb, rig.stamp(), data=junk)
+            elif kind == 1:  # wrong format string for the bytes
+                m = _compressed(rgb, rig.stamp(), fmt=rng.choice(["jpeg", "rgb8", "", "16UC1; compressedDepth png",
+                                                                   "h264"]), data=ok_png)
+            elif kind in (2, 3):  # huge dimensions in a valid header
+                base_data = ok_png if kind == 2 else ok_jpg
+                huge = _header_claims(base_data, rng.choice([60000, 5000, 65535]), rng.choice([60000, 4000]))
+                m = _compressed(rgb, rig.stamp(), ".png" if kind == 2 else ".jpg", data=huge)
+            elif kind == 4:  # png bytes cut in the header
+                m = _compressed(rgb, rig.stamp(), data=ok_png[:rng.randint(8, 23)])
+            else:  # jpeg without a frame header
+                no_sof = b"\xff\xd8\x00" + bytes(rng.getrandbits(8) for _ in range(40))
+                m = _compressed(rgb, rig.stamp(), ".jpg", data=no_sof)
+            pub.publish(m)
+            n_bad += 1
+            time.sleep(0.001)
+        assert wait_for(lambda: sum(1 for o in rig.obs if rig._ns(o) in valid) >= len(valid) - 1, 20)
+        embed(_compressed(_scene(seed=99), rig.stamp()))  # still alive and processing
+        assert rig.proc.alive()
+        d = rig.diagnostics()
+        dropped = sum(int(v) for k, v in d.items() if k.startswith("dropped_"))
+        assert dropped - base == n_bad, d
+        assert int(d.get("dropped_size", 0)) >= 150  # the 60000x60000 headers were refused as too large
+    finally:
+        ros_node.destroy_publisher(pub)
+        assert rig.proc.stop() == 0
+
+
 def test_live_parameters_and_hot_swap(ros_node, encoder_files):
     from sakura_nexus.federated.signing import Signer, generate_keys
 

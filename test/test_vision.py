@@ -114,3 +114,103 @@ def test_quality_penalises_blur_and_bad_exposure():
     q = vision.quality(sharp)
     assert q > vision.quality(blurred) and q > vision.quality(dark)
     assert 0.0 <= vision.quality(np.zeros((64, 64, 3), np.uint8)) <= 0.01
+
+
+# --- CompressedImage ------------------------------------------------------------------------------
+def _encoded(ext: str, img=None, **kw) -> bytes:
+    ok, buf = cv2.imencode(ext, (img if img is not None else _img())[:, :, ::-1], **kw)
+    assert ok
+    return buf.tobytes()
+
+
+def _claims(data: bytes, w: int, h: int) -> bytes:
+    """The same (valid) file with its header announcing w x h pixels (PNG IHDR / JPEG SOF0)."""
+    b = bytearray(data)
+    if data.startswith(vision.PNG_MAGIC):
+        b[16:24] = w.to_bytes(4, "big") + h.to_bytes(4, "big")
+        import zlib
+
+        b[29:33] = zlib.crc32(bytes(b[12:29])).to_bytes(4, "big")  # keep the IHDR checksum valid
+    else:
+        i = data.index(b"\xff\xc0")
+        b[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("fmt", ["png", "rgb8; png compressed rgb8", "mono8; png compressed mono8"])
+def test_png_decodes_exactly(fmt):
+    img = _img()
+    if "mono8" in fmt:
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        ok, buf = cv2.imencode(".png", grey)
+        np.testing.assert_array_equal(vision.decode_compressed(fmt, buf.tobytes()), np.dstack([grey] * 3))
+    else:
+        np.testing.assert_array_equal(vision.decode_compressed(fmt, _encoded(".png")), img)
+    assert vision.compressed_header(fmt, _encoded(".png")) == ("png", 64, 48)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "bgr8; jpeg compressed bgr8", "JPG"])
+def test_jpeg_decodes_close_to_the_original(fmt):
+    img = _img()
+    got = vision.decode_compressed(fmt, _encoded(".jpg", img, params=[cv2.IMWRITE_JPEG_QUALITY, 95]))
+    assert got.shape == img.shape and np.abs(got.astype(int) - img).mean() < 3
+    prog = _encoded(".jpg", img, params=[cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert vision.compressed_header(fmt, prog) == ("jpeg", 64, 48)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_huge_dimensions_in_a_valid_header_are_refused_before_decoding(ext, monkeypatch):
+    bomb = _claims(_encoded(ext), 60000, 60000)
+    assert len(bomb) < 20000
+    calls = []
+    monkeypatch.setattr(vision.cv2, "imdecode", lambda *a: calls.append(a))
+    with pytest.raises(vision.ImageError) as e:
+        vision.decode_compressed("png" if ext == ".png" else "jpeg", bomb)
+    assert e.value.reason == "size" and "60000x60000" in str(e.value)
+    assert calls == []  # the decoder was never reached
+    # the limit is a parameter: a small limit refuses a normal frame, too
+    with pytest.raises(vision.ImageError, match="above the limit"):
+        vision.compressed_header("png" if ext == ".png" else "jpeg", _encoded(ext), max_pixels=100)
+
+
+@pytest.mark.parametrize("fmt,data,reason", [
+    ("jpeg", b"", "corrupt"),
+    ("jpeg", b"\x00" * 100, "corrupt"),
+    ("jpeg", b"\xff\xd8\xff", "corrupt"),  # no frame header
+    ("png", vision.PNG_MAGIC + b"\x00" * 4, "corrupt"),
+    ("rgb8", b"\xff\xd8", "format"),  # raw encoding name, not a codec
+    ("", b"\xff\xd8", "format"),
+    ("16UC1; compressedDepth png", vision.PNG_MAGIC, "format"),
+    ("png", b"\xff\xd8\xff\xe0", "format"),  # JPEG bytes announced as png
+])
+def test_malformed_compressed_images_raise_image_error(fmt, data, reason):
+    with pytest.raises(vision.ImageError) as e:
+        vision.decode_compressed(fmt, data)
+    assert e.value.reason == reason
+
+
+def test_truncated_and_corrupted_payloads_raise_image_error():
+    for ext, fmt in ((".png", "png"), (".jpg", "jpeg")):
+        data = _encoded(ext)
+        with pytest.raises(vision.ImageError):
+            vision.decode_compressed(fmt, data[: len(data) // 3])
+        # a smaller size in the header than the data has: PNG fails its checks, libjpeg decodes the
+        # announced 8x8 (and warns about extraneous bytes); never anything larger than announced
+        try:
+            assert vision.decode_compressed(fmt, _claims(data, 8, 8)).shape == (8, 8, 3)
+            assert fmt == "jpeg"
+        except vision.ImageError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["jpeg", "png", "x", ""]), st.binary(max_size=400), st.integers(0, 2**16 - 1),
+       st.integers(0, 2**16 - 1))
+def test_decode_compressed_never_raises_anything_but_image_error(fmt, tail, w, h):
+    for base in (_encoded(".png")[:33], _encoded(".jpg")[:200]):
+        data = _claims(base, w, h) + tail
+        try:
+            out = vision.decode_compressed(fmt, data, max_pixels=10**6)
+            assert out.dtype == np.uint8 and out.shape[2] == 3
+        except vision.ImageError:
+            pass

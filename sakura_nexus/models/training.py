@@ -146,13 +146,16 @@ class _Sampler:
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, data: Trajectories):
+    """``init``: a Checkpoint to fine-tune (its encoder, world model and error scale) instead of
+    fresh weights; the reconstruction decoder is training-only and always starts fresh."""
+
+    def __init__(self, cfg: TrainConfig, data: Trajectories, init: Checkpoint | None = None):
         self.cfg, self.data = cfg, data
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.encoder = ConvEncoder()
-        self.model = WorldModel(WorldModelConfig(**cfg.world_model))
+        self.encoder = init.encoder if init is not None else ConvEncoder()
+        self.model = init.world_model if init is not None else WorldModel(WorldModelConfig(**cfg.world_model))
         self.decoder = ReconDecoder(self.model.config.latent_dim - POSE_DIMS)
         self.sampler = _Sampler(data, self.rng)
         self.thumbs = torch.from_numpy(thumbnails(data.images))
@@ -160,7 +163,9 @@ class _Trainer:
         self.actions = torch.from_numpy(data.actions)
         self.collided = torch.from_numpy(data.collided.astype(np.float32))
         self.history: list[dict] = []
-        self._scale_init = False
+        self._scale_init = init is not None
+        for prm in [*self.encoder.parameters(), *self.model.parameters()]:
+            prm.requires_grad_(True)
 
     def _update_error_scale(self, z: torch.Tensor) -> None:
         d = error_scale(z, self.cfg.error_scale_floor)
@@ -355,14 +360,28 @@ def train(config: TrainConfig | None = None) -> dict:
     return metrics
 
 
+def model_payloads(enc: ConvEncoder, wm: WorldModel) -> tuple[bytes, bytes, dict]:
+    """The two payload files and their manifest entries ("encoder", "world_model")."""
+    enc_bytes = encoder_to_bytes(enc, version=0)
+    wm_bytes = world_model_to_bytes(wm, version=0)
+    entries = {
+        "encoder": {"file": ENCODER_FILE, "sha256": sha256_hex(enc_bytes), "bytes": len(enc_bytes),
+                    "encoder_id": ENCODER_ID, "version": 0, "config": enc.config,
+                    "parameters": sum(p.numel() for p in enc.parameters())},
+        "world_model": {"file": WORLD_MODEL_FILE, "sha256": sha256_hex(wm_bytes), "bytes": len(wm_bytes),
+                        "world_model_id": WORLD_MODEL_ID, "version": 0, "config": asdict(wm.config),
+                        "parameters": wm.num_parameters()},
+    }
+    return enc_bytes, wm_bytes, entries
+
+
 def write_outputs(cfg: TrainConfig, enc: ConvEncoder, wm: WorldModel, history: list[dict], metrics: dict,
                   train_data: Trajectories, test_data: Trajectories) -> pathlib.Path:
     models = pathlib.Path(cfg.models_dir) if cfg.models_dir else default_models_dir()
     out = pathlib.Path(cfg.out_dir)
     models.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    enc_bytes = encoder_to_bytes(enc, version=0)
-    wm_bytes = world_model_to_bytes(wm, version=0)
+    enc_bytes, wm_bytes, entries = model_payloads(enc, wm)
     atomic_write(models / ENCODER_FILE, enc_bytes)
     atomic_write(models / WORLD_MODEL_FILE, wm_bytes)
     manifest = {
@@ -371,12 +390,7 @@ def write_outputs(cfg: TrainConfig, enc: ConvEncoder, wm: WorldModel, history: l
         "git_revision": git_revision(),
         "torch_version": torch.__version__,
         "seed": cfg.seed,
-        "encoder": {"file": ENCODER_FILE, "sha256": sha256_hex(enc_bytes), "bytes": len(enc_bytes),
-                    "encoder_id": ENCODER_ID, "version": 0, "config": enc.config,
-                    "parameters": sum(p.numel() for p in enc.parameters())},
-        "world_model": {"file": WORLD_MODEL_FILE, "sha256": sha256_hex(wm_bytes), "bytes": len(wm_bytes),
-                        "world_model_id": WORLD_MODEL_ID, "version": 0, "config": asdict(wm.config),
-                        "parameters": wm.num_parameters()},
+        **entries,
         "data": {"data_seed": cfg.data_seed, "train_layout_seeds": list(cfg.train_layouts),
                  "test_layout_seeds": list(cfg.test_layouts), "steps_per_episode": cfg.steps_per_episode,
                  "model_dt": wm.config.model_dt,
@@ -399,7 +413,13 @@ def write_outputs(cfg: TrainConfig, enc: ConvEncoder, wm: WorldModel, history: l
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """CLI: ``sakura-nexus train [--quick] [--seed N] [--out DIR] [--models DIR] ...``."""
+    """CLI: ``sakura-nexus train [--quick] [--seed N] [--out DIR] [--models DIR] ...``; with
+    ``--bag PATH...`` it learns from recorded bags instead (:mod:`sakura_nexus.bags.train`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--bag" in argv or any(a.startswith("--bag=") for a in argv):
+        from sakura_nexus.bags.train import bag_train_main
+
+        return bag_train_main(argv)
     p = argparse.ArgumentParser(prog="sakura-nexus train", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny run for tests / smoke checks (~30 s)")
     p.add_argument("--seed", type=int, default=0, help="training seed (weights, batches)")
@@ -415,6 +435,8 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="sim minutes of the online-adaptation run after training (0 = skip; default 5)")
     p.add_argument("--data-cache", default="", help="directory to cache/reuse the collected data sets")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--bag", nargs="+", metavar="PATH",
+                   help="learn from rosbag2 bags instead of the sim (see `sakura-nexus train --bag X --help`)")
     a = p.parse_args(argv)
     over = {"seed": a.seed, "data_seed": a.data_seed, "threads": a.threads, "out_dir": a.out,
             "models_dir": a.models, "progress": not a.no_progress, "cache_dir": a.data_cache}

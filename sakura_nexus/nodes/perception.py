@@ -1,5 +1,9 @@
 """perception_node: camera images -> Observation (embedding + quality), latest frame wins.
 
+``image_transport`` selects raw ``sensor_msgs/Image`` on ``image_raw`` or JPEG/PNG
+``sensor_msgs/CompressedImage`` on ``image_raw/compressed`` (the resolved, remapped image topic +
+``/compressed``, as image_transport names it); both go through the same mailbox, counters and drops.
+
 Thin adapter: decoding and preprocessing live in :mod:`sakura_nexus.vision`, the encoder in
 :mod:`sakura_nexus.models`. The image callback only stores the newest frame in a one-slot mailbox;
 a dedicated inference thread (not an executor thread, so parameter services stay responsive)
@@ -16,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sakura_nexus import vision
 from sakura_nexus.models.encoder import ENCODER_ID, encoder_from_bytes, inference_encoder
@@ -81,7 +85,7 @@ class _Encoder:
 class PerceptionNode(NexusNode):
     def __init__(self, **kwargs):
         super().__init__("perception_node", PERCEPTION, **kwargs)
-        self._slot: Image | None = None
+        self._slot: Image | CompressedImage | None = None
         self._slot_lock = threading.Condition()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -128,10 +132,15 @@ class PerceptionNode(NexusNode):
         self.diag.set("range_head", "loaded" if self._range_head is not None else "off")
         self._pub = self.create_lifecycle_publisher(Observation, "observation", state_qos())
         sqos = sensor_qos(p.sensor_reliability, p.sensor_depth)
-        self.create_subscription(Image, "image_raw", self._on_image, sqos)
+        if p.image_transport == "compressed":  # image_transport's naming: <base topic>/compressed
+            image_topic = self.resolve_topic_name("image_raw") + "/compressed"
+            self.create_subscription(CompressedImage, image_topic, self._on_compressed, sqos)
+        else:
+            image_topic = "image_raw"
+            self.create_subscription(Image, image_topic, self._on_image, sqos)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos(p.sensor_reliability))
         self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
-        self.get_logger().info(f"encoder {ENCODER_ID} v{self._encoder.version}; image_raw QoS {describe(sqos)}")
+        self.get_logger().info(f"encoder {ENCODER_ID} v{self._encoder.version}; {image_topic} QoS {describe(sqos)}")
         self.diag.set("encoder_version", self._encoder.version)
         self.diag.level_from(self._level)
         self.watch_clock(self._reset_time_state)
@@ -169,6 +178,19 @@ class PerceptionNode(NexusNode):
         try:  # cheap structural check here, so every malformed frame is counted, even if superseded
             vision.check(self.params.input_encoding or msg.encoding, msg.height, msg.width, msg.step,
                          len(msg.data))
+        except vision.ImageError as e:
+            self.drop(e.reason, str(e))
+            return
+        with self._slot_lock:
+            if self._slot is not None:
+                self.diag.count("skipped_latest_wins")
+            self._slot = msg
+            self._slot_lock.notify()
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self.diag.count("received")
+        try:  # header-only check (format, magic bytes, announced size): nothing is decoded here
+            vision.compressed_header(msg.format, msg.data, self.params.max_image_pixels)
         except vision.ImageError as e:
             self.drop(e.reason, str(e))
             return
@@ -217,7 +239,7 @@ class PerceptionNode(NexusNode):
                 except Exception as e:  # noqa: BLE001 - never let one frame kill the thread
                     self.drop("error", repr(e))
 
-    def _process(self, msg: Image) -> None:
+    def _process(self, msg: Image | CompressedImage) -> None:
         p = self.params
         t0 = time.perf_counter()
         now = self.checked_now()  # a backward jump resets the rate limiter's reference
@@ -230,10 +252,12 @@ class PerceptionNode(NexusNode):
         if p.max_image_age > 0 and now - stamp > p.max_image_age:
             self.drop("stale", f"image {now - stamp:.3f} s old")
             return
-        encoding = p.input_encoding or msg.encoding
         try:
-            rgb = vision.decode(encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data,
-                                depth_max=p.depth_max)
+            if isinstance(msg, CompressedImage):
+                rgb = vision.decode_compressed(msg.format, msg.data, p.max_image_pixels)
+            else:
+                rgb = vision.decode(p.input_encoding or msg.encoding, msg.height, msg.width, msg.step,
+                                    bool(msg.is_bigendian), msg.data, depth_max=p.depth_max)
             if p.undistort:
                 rgb = self._undistort.apply(rgb)
         except vision.ImageError as e:
