@@ -74,6 +74,8 @@ def test_obstacle_memory_keeps_unseen_points_and_clears_seen_through_ones():
     ranges = np.full(cfg.bins, cfg.max_range)
     ranges[8] = 1.0                                           # something 1 m ahead, slightly left
     mem.update((0.0, 0.0, 0.0), ranges, 0.0)
+    assert len(mem) == 0                                      # one frame is not enough: confirmed by the next
+    mem.update((0.0, 0.0, 0.0), ranges, 0.05)
     assert len(mem) == 1
     p = mem.points[0]
     assert 1.0 < p[0] < 1.25 and abs(p[1]) < 0.1
@@ -87,8 +89,34 @@ def test_obstacle_memory_keeps_unseen_points_and_clears_seen_through_ones():
     assert float(mem.clearance(torch.tensor([[0.0, 0.0]]))[0]) > 100
     # a clock that ran backwards empties the memory
     mem.update((0.0, 0.0, 0.0), ranges, 3.0)
+    mem.update((0.0, 0.0, 0.0), ranges, 3.05)
+    assert len(mem) >= 1
     mem.update((0.0, 0.0, 0.0), np.full(cfg.bins, cfg.max_range), 0.5)
     assert len(mem) == 0
+
+
+def test_obstacle_memory_flags_what_appears_in_seen_free_space_as_moving():
+    cfg = RangeConfig()
+    mem = ObstacleMemory(cfg)
+    free = np.full(cfg.bins, cfg.max_range)
+    for k in range(6):                                         # 0.5 s of free view ahead
+        mem.update((0.0, 0.0, 0.0), free, 0.1 * k)
+    ranges = free.copy()
+    ranges[8] = 1.0                                            # then something is 1 m ahead
+    mem.update((0.0, 0.0, 0.0), ranges, 0.6)
+    mem.update((0.0, 0.0, 0.0), ranges, 0.7)
+    assert len(mem) == 1 and mem.moving.all()
+    p = torch.as_tensor(mem.points[0], dtype=torch.float32)
+    # the moving point's clearance shrinks along a rollout (it keeps moving) ...
+    c = mem.clearance(p.expand(1, 15, 2).contiguous() + torch.tensor([0.6, 0.0]))
+    assert float(c[0, 0]) > float(c[0, -1]) and float(c[0, 0]) < 0.6
+    # ... it is not routed round (the route marks static points only)
+    assert mem.mark(np.zeros((40, 40), np.int16), 0.05, (0.0, -1.0)).max() == 0
+    # a static obstacle seen from the start is not moving
+    mem2 = ObstacleMemory(cfg)
+    mem2.update((0.0, 0.0, 0.0), ranges, 0.0)
+    mem2.update((0.0, 0.0, 0.0), ranges, 0.1)
+    assert len(mem2) == 1 and not mem2.moving.any()
 
 
 def test_obstacle_memory_marks_an_occupancy_grid():
@@ -97,6 +125,7 @@ def test_obstacle_memory_marks_an_occupancy_grid():
     ranges = np.full(cfg.bins, cfg.max_range)
     ranges[7] = 1.0
     mem.update((0.0, 0.0, 0.0), ranges, 0.0)
+    mem.update((0.0, 0.0, 0.0), ranges, 0.05)
     grid = mem.mark(np.zeros((40, 40), np.int16), 0.05, (0.0, -1.0))
     assert grid.max() == 100 and (grid > 0).sum() >= 1
 
@@ -109,6 +138,7 @@ def test_planner_with_seen_obstacles_steers_round_them():
     ranges = np.full(cfg.bins, cfg.max_range)
     ranges[6:10] = 0.45
     mem.update((0.0, 0.0, 0.0), ranges, 0.0)
+    mem.update((0.0, 0.0, 0.0), ranges, 0.05)
     blind, seeing = UnicycleModel(), UnicycleModel(obstacles=mem)
     res = {}
     for name, m in (("blind", blind), ("seeing", seeing)):

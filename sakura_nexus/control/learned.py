@@ -51,7 +51,7 @@ class SeenObstacles:
     ROS-free controller and policy_node share it."""
 
     def __init__(self, range_config=None, memory_s: float = 20.0, map_clearance: float = 0.362,
-                 route_period: float = 1.0, known_clearance: float = 0.12):
+                 route_period: float = 1.0, known_clearance: float = 0.25):
         from sakura_nexus.models.obstacles import ObstacleMemory
 
         self.memory = ObstacleMemory(range_config, memory_s=memory_s)

@@ -121,7 +121,15 @@ def load_range_head(path, expected_sha256: str | None = None) -> RangeHead:
     import io
     import pathlib
 
-    data = pathlib.Path(path).read_bytes()
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    if expected_sha256 is None:                    # the manifest beside it, where it names this file
+        import json
+
+        man = path.parent / "manifest.json"
+        entry = json.loads(man.read_text()).get("range_head", {}) if man.is_file() else {}
+        if entry.get("file") == path.name:
+            expected_sha256 = entry.get("sha256")
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise ValueError(f"{path}: sha256 does not match the manifest")
     d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -137,7 +145,7 @@ class ObstacleMemory:
     def __init__(self, config: RangeConfig | None = None, memory_s: float = 20.0, clear_margin: float = 0.25,
                  keep_radius: float = 4.0, max_points: int = 600, max_std: float = 0.6, add_range: float = 1.5,
                  moving_speed: float = 0.5, moving_memory_s: float = 4.0, step_dt: float = 0.1,
-                 moving_margin: float = 0.5):
+                 moving_margin: float = 0.5, confirm_radius: float = 0.15):
         self.cfg = config or RangeConfig()
         self.memory_s, self.clear_margin = float(memory_s), float(clear_margin)
         self.keep_radius, self.max_points, self.max_std = float(keep_radius), int(max_points), float(max_std)
@@ -149,6 +157,7 @@ class ObstacleMemory:
         # the planner's horizon (step_dt per rollout step): its clearance shrinks with both
         self.moving_speed, self.moving_memory_s, self.step_dt = float(moving_speed), float(moving_memory_s), step_dt
         self.moving_margin = float(moving_margin)   # seen-free by this much more than the head's error
+        self.confirm_radius = float(confirm_radius)
         self._edges = np.linspace(-self.cfg.hfov / 2, self.cfg.hfov / 2, self.cfg.bins + 1)
         self.reset()
 
@@ -157,6 +166,7 @@ class ObstacleMemory:
         self.stamps = np.zeros(0)
         self.moving = np.zeros(0, dtype=bool)
         self._frames: list = []        # recent (t, cx, cy, yaw, ranges): was a new point's place free?
+        self._prev_candidates = self._candidates = np.zeros((0, 2))
         self._t = None
         self._pts_t = torch.zeros(0, 2)
         self._grow_t = torch.zeros(0)
@@ -192,6 +202,17 @@ class ObstacleMemory:
             new = np.stack([cx + ranges[hit] * np.cos(ang), cy + ranges[hit] * np.sin(ang)], 1)
             if known is not None and len(new):      # already on the map: the map's critic has it
                 new = new[~np.asarray(known(new), dtype=bool)]
+            # a ray end counts once the previous frame saw something within confirm_radius of it:
+            # single-frame errors of the head do not become obstacles
+            cand, self._candidates = new, new
+            if len(new) and self.confirm_radius > 0:
+                prev = self._prev_candidates
+                if len(prev):
+                    dmin = np.hypot(new[:, None, 0] - prev[None, :, 0], new[:, None, 1] - prev[None, :, 1]).min(1)
+                    new = new[dmin < self.confirm_radius]
+                else:
+                    new = new[:0]
+            self._prev_candidates = cand
             pts, st = np.concatenate([pts, new]), np.concatenate([st, np.full(len(new), t)])
             mv = np.concatenate([mv, self._appeared_in_free_space(new, t)])
         self._frames = [f for f in self._frames if f[0] > t - 1.0] + [(t, cx, cy, yaw, ranges)]

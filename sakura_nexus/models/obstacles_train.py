@@ -163,8 +163,30 @@ def main(argv=None) -> int:
     head, metrics = fit_range_head(imgs, rs, epochs=a.epochs)
     metrics["layouts"] = f"0..{a.layouts - 1}"
     sha = save_range_head(head, a.out, metrics)
+    record_in_manifest(a.out, sha, head, metrics)
     print(json.dumps(metrics | {"sha256": sha, "file": a.out}, indent=1))
     return 0
+
+
+def record_in_manifest(path, sha256: str, head: RangeHead, metrics: dict) -> None:
+    """Add the head (file, sha256, config, metrics, revision) to the ``manifest.json`` beside it, if
+    there is one: the nodes then verify the file against it like the other model files."""
+    import json
+    import pathlib
+
+    from sakura_nexus.models.serialization import atomic_write
+
+    from .training import git_revision
+
+    path = pathlib.Path(path)
+    man = path.parent / "manifest.json"
+    if not man.is_file():
+        return
+    doc = json.loads(man.read_text())
+    doc["range_head"] = {"file": path.name, "sha256": sha256, "bytes": path.stat().st_size,
+                         "config": head.config(), "metrics": metrics, "produced_by": "sakura-nexus train-range-head",
+                         "git_revision": git_revision(), "torch_version": torch.__version__}
+    atomic_write(man, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":  # pragma: no cover
