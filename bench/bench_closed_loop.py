@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="measurement window (wall)")
     ap.add_argument("--warmup", type=float, default=10.0, help="wall seconds driving before measuring")
-    ap.add_argument("--controller", default="mpc", choices=("mpc", "go_to_goal"))
+    from sakura_nexus.params import POLICY
+
+    ap.add_argument("--controller", default=POLICY["controller"].default, choices=POLICY["controller"].choices)
     ap.add_argument("--seed", type=int, default=0, help="factory layout seed")
     ap.add_argument("--goal-timeout", type=float, default=20.0, help="sim seconds per goal")
     ap.add_argument("--models", default="", help="checkpoint directory (default: the shipped models/, else a "

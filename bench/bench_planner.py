@@ -107,6 +107,46 @@ def main(argv=None) -> int:
                 print(f"{'world_model+map':16s} S={samples:3d} H={horizon:2d} m=1  p50 {r['p50_ms']:6.2f} ms  "
                       f"p99 {r['p99_ms']:6.2f} ms", flush=True)
 
+    # the two controllers of the evaluation suite at the node defaults (128 x 15, with the map):
+    # kinematic_mpc (unicycle) and learned_mpc (unicycle + residual + a seen-obstacle memory of
+    # 120 points, 20 of them moving), and the range head's inference on one 64x64 frame
+    if wm is not None:
+        from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleModel
+        from sakura_nexus.models.obstacles import ObstacleMemory, load_range_head
+        from sakura_nexus.paths import models_dir
+
+        mem = ObstacleMemory()
+        rng = np.random.default_rng(0)
+        pts = rng.uniform(-2.0, 2.0, (120, 2))
+        mem.points, mem.stamps = pts, np.zeros(120)
+        mem.moving = np.arange(120) < 20
+        mem._pts_t = torch.as_tensor(pts, dtype=torch.float32)
+        mem._grow_t = torch.as_tensor(np.where(mem.moving, 0.2, 0.0), dtype=torch.float32)
+        zk = torch.tensor([0.0, 0.0, 0.0, 0.2, 0.0])
+        with torch.inference_mode():
+            for name, dyn in (("kinematic_mpc", UnicycleModel()), ("learned_mpc", ResidualUnicycle(obstacles=mem))):
+                cfg = MPPIConfig(samples=128, horizon=15, members=1)
+                r = time_plans(dyn, cfg, a.plans, zk, cost_to_go=ctg)
+                timing.append({"dynamics": name + "+map", "samples": 128, "horizon": 15, "members": 1, **r})
+                print(f"{name + '+map':16s} S=128 H=15       p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms",
+                      flush=True)
+            try:
+                head = load_range_head(models_dir() / "range_head.bin")
+                img = torch.rand(1, 3, 64, 64)
+                for _ in range(10):
+                    head.predict(img)
+                ts = []
+                for _ in range(a.plans):
+                    t0 = time.perf_counter()
+                    head.predict(img)
+                    ts.append(time.perf_counter() - t0)
+                r = {k: round(v, 3) for k, v in common.summary_ms(ts).items() if k in ("p50_ms", "p99_ms", "mean_ms")}
+                timing.append({"dynamics": "range_head_predict", "samples": 1, "horizon": 0, "members": 5, **r})
+                print(f"{'range head':16s} 64x64            p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms",
+                      flush=True)
+            except (OSError, ValueError) as e:
+                print(f"range head: not timed ({e})")
+
     # ---- 2. success vs budget (stand-in cell, perfect model) ---------------------------------------------
     grid = [(32, 1, 15), (64, 1, 15), (128, 1, 15), (256, 1, 15), (64, 2, 15), (128, 2, 15),
             (64, 1, 30), (128, 1, 30)]

@@ -7,6 +7,9 @@ obstacle wherever possible, a new layout per episode) for each controller and wr
 * ``go_to_goal``  the proportional baseline (no model),
 * ``mpc``         camera -> encoder -> WorldModel -> MPPI, map-free (straight-line goal term),
 * ``mpc_map``     the same, with the geodesic cost-to-go of the known cell map as goal term.
+* ``kinematic_mpc`` / ``learned_mpc``: MPPI on the unicycle (the Nav2-style baseline) / on the unicycle
+  prior + learned residual + what the camera's range head saw, both with the map
+  (``--suite`` compares them condition by condition: docs/evaluation.md).
 
 ``--standin`` swaps in the kinematic cell and the perfect-model stand-in (no MuJoCo, no checkpoint).
 """
@@ -27,7 +30,7 @@ from .episode import GoToGoalController, LatentMPCController, StateMPCController
 from .planner import MPPIConfig
 from .safety import SafetyLimits
 
-CONTROLLERS = ("go_to_goal", "mpc", "mpc_map")
+CONTROLLERS = ("go_to_goal", "mpc", "mpc_map", "kinematic_mpc", "learned_mpc")
 
 
 def _real_setup(checkpoint: str | None, map_clearance: float | None):
@@ -59,6 +62,27 @@ def _real_setup(checkpoint: str | None, map_clearance: float | None):
             "manifest_world_model": ck.manifest.get("world_model", {}),
             "manifest_git": ck.manifest.get("git_revision")}
     return cell_factory, mpc_factory, info
+
+
+def _prior_factory(name: str, cfg: MPPIConfig, limits: SafetyLimits):
+    """kinematic_mpc / learned_mpc with the cell map (the evaluation suite compares them per condition)."""
+    from .kinematic import UnicycleConfig
+    from .learned import KinematicMPC, LearnedMPC
+
+    ucfg = UnicycleConfig.from_limits(limits)
+    head = None
+    if name == "learned_mpc":
+        from sakura_nexus.models.obstacles import load_range_head
+        from sakura_nexus.paths import models_dir
+
+        head = load_range_head(models_dir() / "range_head.bin")
+
+    def make(cell):
+        cmap = (getattr(cell, "map_obstacles", cell.layout), cell.size[0])
+        if name == "kinematic_mpc":
+            return KinematicMPC(cfg, cmap, ucfg)
+        return LearnedMPC(head, cfg, cmap, ucfg)
+    return make
 
 
 def _standin_setup():
@@ -213,6 +237,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown controller {name!r}; choose from {CONTROLLERS}")
         if name == "go_to_goal":
             fac = lambda cell: GoToGoalController()  # noqa: E731
+        elif name in ("kinematic_mpc", "learned_mpc"):
+            fac = _prior_factory(name, cfg, limits)
         else:
             fac = mpc_factory(cfg, name == "mpc_map")
         t0 = time.time()
