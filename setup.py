@@ -25,6 +25,8 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        # the privacy accountant (Google's; sakura_nexus.federated.privacy)
+        "dp-accounting>=0.4",
     ],
     extras_require={
         "sim": ["mujoco>=3.1"],
