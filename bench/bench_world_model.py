@@ -287,6 +287,24 @@ def main(argv=None) -> int:
                 **common.summary_ms(ab["on"]), "achieved_steps_per_s": ab["achieved_steps_per_s"],
                 "thread_policy": ab["policy"], "paired_off_p99_ms": ab["off_p99_ms"],
                 "p99_rise_pct": ab["p99_rise_pct"]}
+    # 5. record-level DP-SGD (world_model_node dp_noise_multiplier > 0): per-sample gradients (torch.func),
+    # clip, noise, Poisson sampling of the same buffer; steps/s alone and the tick p99 rise at the first budget
+    dp = OnlineLearner(WorldModel(wm.config), lr=3e-4, buffer_size=5000, batch_size=32, grad_clip=1e9,
+                       dp_noise_multiplier=1.0, dp_clip_norm=1.0)
+    dp.model.load_state_dict(wm.state_dict())
+    fill_learner(dp, 2000)
+    steps = timed(dp.train_step, 150, warmup=5)
+    res["dpsgd_train_step_alone"] = {**with_cpu(steps), "steps_per_s": 1.0 / float(np.mean(steps)),
+                                     "cpu_steps_per_s": 1.0 / float(np.mean(CPU_TIMES)),
+                                     "slowdown_vs_plain": res["train_step_alone"]["steps_per_s"]
+                                     * float(np.mean(steps))}
+    ab = ab_blocks(make_node_tick(lambda: dp.snapshot, proprio, action, embedding), dp, args.learn_rate[0], True,
+                   args.paced_ticks, args.tick_hz)
+    sys.setswitchinterval(switch)
+    res["dpsgd_tick_learning_on"] = {**common.summary_ms(ab["on"]), "rate_steps_per_s": args.learn_rate[0],
+                                     "achieved_steps_per_s": ab["achieved_steps_per_s"],
+                                     "thread_policy": ab["policy"], "paired_off_p99_ms": ab["off_p99_ms"],
+                                     "p99_rise_pct": ab["p99_rise_pct"]}
     res["tick_learning_off_all_blocks"] = common.summary_ms(all_off)
     res["rss_mb"] = common.rss_mb(os.getpid())
     common.write("world_model", res)

@@ -232,6 +232,17 @@ WORLD_MODEL = NodeSchema(
           0.01, 1e6),
         P("delta_period", float, 10.0, "Period of model_delta publication; 0 disables deltas.", "s",
           0.0, 3600.0),
+        P("dp_noise_multiplier", float, 0.0, "Record-level DP-SGD: Gaussian noise std as a multiple of "
+          "dp_clip_norm on each step's sum of clipped per-sample gradients; 0 = DP off (epsilon reported as inf "
+          "once learning ran). See docs/federated.md.", "", 0.0, 100.0, read_only=True),
+        P("dp_clip_norm", float, 1.0, "Record-level DP-SGD: L2 clip of every per-transition gradient.", "",
+          1e-6, 1e6, read_only=True),
+        P("dp_delta", float, 1e-5, "Record-level DP-SGD: the delta epsilon is reported at.", "", 1e-12, 0.1,
+          read_only=True),
+        P("epsilon_budget", float, 0.0, "Record-level epsilon budget of this robot over the life of its privacy "
+          "ledger (state_dir/privacy_ledger.json; without state_dir, since the node started): a DP step that "
+          "would exceed it is not taken, the last delta says so and the robot contributes no more; 0 = no "
+          "budget.", "", 0.0, 1e6, read_only=True),
         P("checkpoint_period", float, 30.0, "Period of atomic checkpoints (needs state_dir).", "s", 1.0, 86400.0),
         P("twist_stamped", bool, False, "cmd_vel is geometry_msgs/TwistStamped instead of Twist.",
           read_only=True),

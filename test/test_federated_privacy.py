@@ -160,3 +160,51 @@ def test_local_privatizer():
     assert lp.epsilon > e1 > 0
     with pytest.raises(ValueError):
         lp(np.full(3, np.inf, np.float32))
+
+
+# --------------------------------------------------------------------------- the library accountant
+
+
+@pytest.mark.parametrize("z,q,steps", [(1.0, 1.0, 240), (4.0, 1.0, 240), (1.1, 32 / 300, 1200),
+                                       (2.0, 32 / 300, 1200), (1.1, 256 / 60000, 14062),
+                                       (1.0, 0.01, 10000), (2.0, 0.1, 500), (3.0, 0.2, 50)])
+def test_accountant_is_the_library_and_the_handwritten_cross_check_agrees(z, q, steps):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant as LibRdp
+
+    from sakura_nexus.federated.privacy import DEFAULT_ORDERS
+
+    # the library, used the documented way (SelfComposedDpEvent of a Poisson-sampled Gaussian)
+    event = dp_accounting.GaussianDpEvent(z)
+    if q < 1:
+        event = dp_accounting.PoissonSampledDpEvent(q, event)
+    lib = LibRdp(list(DEFAULT_ORDERS))
+    lib.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    eps_lib = lib.get_epsilon(1e-5)
+    # the project's accountant reports exactly the library's figure (linear composition of its curve)
+    acc = RDPAccountant()
+    for _ in range(4):
+        acc.step(z, q, steps // 4)
+    acc.step(z, q, steps - 4 * (steps // 4))
+    assert acc.epsilon() == pytest.approx(eps_lib, rel=1e-9)
+    # the hand-written reference implementation agrees with the library within 1 %
+    eps_ref, _ = rdp_to_epsilon(DEFAULT_ORDERS, compute_rdp(q, z, steps, DEFAULT_ORDERS), 1e-5)
+    assert eps_ref == pytest.approx(eps_lib, rel=0.01)
+    assert eps_ref <= eps_lib * (1 + 1e-9)  # the exact signed series is never looser than the library's
+
+
+def test_noise_for_epsilon_and_steps_within():
+    from sakura_nexus.federated.privacy import noise_for_epsilon
+
+    z = noise_for_epsilon(8.0, 32 / 300, 1200)
+    acc = RDPAccountant()
+    acc.step(z, 32 / 300, 1200)
+    assert 7.5 < acc.epsilon() <= 8.0
+    acc2 = RDPAccountant()
+    acc2.step(z * 0.98, 32 / 300, 1200)
+    assert acc2.epsilon() > 8.0  # the smallest such z, to ~2 %
+    fresh = RDPAccountant()
+    n = fresh.steps_within(8.0, z, 32 / 300)
+    assert fresh.epsilon_if(z, 32 / 300, n) <= 8.0 < fresh.epsilon_if(z, 32 / 300, n + 1)
+    assert 1200 <= n < 1400
+    assert fresh.steps_within(0.01, z, 32 / 300) == 0

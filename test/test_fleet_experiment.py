@@ -58,6 +58,28 @@ def test_fleet_experiment_quick(tmp_path):
     assert s["dp_epsilon"] == pytest.approx(acc.epsilon(), rel=1e-6)
     assert 0 < dp["dp_clip"] and math.isfinite(s["dp_loss_penalty"])
     assert f["fedbuff_dp"] < 2 * init["dynamics"]
+    # record-level DP-SGD on every site: epsilon <= 8 at delta 1e-5 over every step of the run, by the
+    # library accountant (Poisson rate q = batch / site transitions rounded up, one release per step)
+    sg = rep["methods"]["fedbuff_dpsgd"]
+    from sakura_nexus.models.online import _round_up_2sig
+
+    assert all(n == cfg["rounds"] * cfg["local_steps"] for n in sg["dpsgd_steps_per_site"])
+    for q, e in zip(sg["dpsgd_sampling_rate"], sg["record_epsilon_per_site"], strict=True):
+        ref = RDPAccountant(target_delta=cfg["dp_delta"])
+        ref.step(sg["dpsgd_noise_multiplier"], q, cfg["rounds"] * cfg["local_steps"])
+        assert e == pytest.approx(ref.epsilon(), rel=1e-9) and e <= cfg["dpsgd_epsilon"]
+        assert q == _round_up_2sig(cfg["batch_size"] / (rep["data"]["train_transitions"] / len(cfg["sites"])))
+    assert f["fedbuff_dpsgd"] < init["dynamics"]  # it learns something, and does not diverge
+    # checkpoints are selected on the validation split (separate episodes), the same way for every method
+    assert rep["data"]["validation_transitions"] > 0
+    for m in METHODS:
+        r = rep["methods"][m]
+        k = r["selected_round"]
+        assert r["final"]["dynamics"] == r["curve"]["dynamics"][k]
+        assert r["selected_val"]["dynamics"] == min(r["val_curve"]["dynamics"])
+    # membership inference was run on the site models, with and without DP
+    for m in ("local", "fedbuff", "fedbuff_dpsgd"):
+        assert 0.0 <= s["mia_auc"][m] <= 1.0 and len(rep["methods"][m]["mia_auc_per_site"]) == len(cfg["sites"])
     # all methods did the same number of gradient steps (up to guarded skips)
     for m in METHODS:
         r = rep["methods"][m]

@@ -57,7 +57,7 @@ import numpy as np
 
 __all__ = ["METHODS", "ExperimentConfig", "SiteSpec", "default_sites", "experiment_main", "run_experiment"]
 
-METHODS = ("local", "fedbuff", "fedbuff_keep_local", "fedavg", "central", "fedbuff_dp")
+METHODS = ("local", "fedbuff", "fedbuff_keep_local", "fedavg", "central", "fedbuff_dp", "fedbuff_dpsgd")
 PRIMARY = "dynamics"  # the headline metric: normalised one-step latent prediction error
 
 
@@ -89,7 +89,8 @@ class ExperimentConfig:
     grad_clip: float = 10.0  # OnlineLearner guard (steps above it are skipped)
     trainable: str = "dynamics"  # the on-robot default
     train_episodes: int = 3  # per site: 30 s of driving with the new robot variant
-    test_episodes: int = 2  # per site (held out)
+    test_episodes: int = 2  # per site (held out: evaluated only, never selected on)
+    val_episodes: int = 1  # per site: the validation split every method's checkpoint is selected on
     steps_per_episode: int = 100
     image_size: int = 64
     codec: str = "topk0.015+q8"
@@ -100,6 +101,11 @@ class ExperimentConfig:
     dp_noise: float = 1.0
     dp_noise_budget: float = 0.01  # accumulated DP noise per coordinate / RMS of the trainable weights
     dp_delta: float = 1e-5
+    # record-level DP-SGD on every site's learner (fedbuff_dpsgd): the noise multiplier is the smallest
+    # that keeps epsilon <= dpsgd_epsilon at dp_delta over ALL of a site's steps (rounds * local_steps)
+    dpsgd_epsilon: float = 8.0
+    dpsgd_clip: float = 1.0  # per-sample gradient L2 clip
+    dpsgd_noise: float | None = None  # None: from dpsgd_epsilon (privacy.noise_for_epsilon)
     seed: int = 0
     data_seed: int = 7
     sites: list[SiteSpec] = field(default_factory=default_sites)
@@ -109,7 +115,8 @@ class ExperimentConfig:
 
     @classmethod
     def quick(cls) -> ExperimentConfig:
-        return cls(rounds=60, local_steps=5, train_episodes=3, test_episodes=1, steps_per_episode=80)
+        return cls(rounds=60, local_steps=5, train_episodes=3, test_episodes=1, val_episodes=1,
+                   steps_per_episode=80)
 
 
 # --------------------------------------------------------------------------- data
@@ -147,34 +154,36 @@ def build_data(cfg: ExperimentConfig, encoder, encoder_sha: str, cache_dir: str 
 
     key = hashlib.sha256(json.dumps({
         "sites": [asdict(s) for s in cfg.sites], "train": cfg.train_episodes, "test": cfg.test_episodes,
-        "steps": cfg.steps_per_episode, "image": cfg.image_size, "data_seed": cfg.data_seed,
-        "encoder": encoder_sha, "robot": cfg.robot, "v": 2}, sort_keys=True).encode()).hexdigest()[:16]
+        "val": cfg.val_episodes, "steps": cfg.steps_per_episode, "image": cfg.image_size,
+        "data_seed": cfg.data_seed, "encoder": encoder_sha, "robot": cfg.robot, "v": 3},
+        sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"data_cache_{key}.npz") if cache_dir else None
     names = ("embedding", "proprio", "action", "next_embedding", "next_proprio", "collided")
     if path and os.path.isfile(path):
         z = np.load(path)
         data = {split: [{k: z[f"{split}{i}_{k}"] for k in names} for i in range(len(cfg.sites))]
-                for split in ("train", "test")}
+                for split in ("train", "test", "val")}
         if bar is not None:
             bar.update(len(cfg.sites))
         return data | {"cached": True}
-    data = {"train": [], "test": []}
-    n_tr, n_te = cfg.train_episodes, cfg.test_episodes
+    data = {"train": [], "test": [], "val": []}
+    n_tr, n_te, n_va = cfg.train_episodes, cfg.test_episodes, cfg.val_episodes
     for site in cfg.sites:
-        traj = collect_site(site, list(range(n_tr + n_te)), cfg.steps_per_episode, cfg.data_seed, cfg.image_size,
-                            cfg.robot)
+        traj = collect_site(site, list(range(n_tr + n_te + n_va)), cfg.steps_per_episode, cfg.data_seed,
+                            cfg.image_size, cfg.robot)
         with torch.no_grad():
             emb = embed_frames(encoder, traj.images).numpy().astype(np.float32)
         tr = _transitions(emb, traj)
         per_ep = cfg.steps_per_episode
-        cut = n_tr * per_ep  # episodes 0..n_tr-1 train, the rest held out
+        cut, cut2 = n_tr * per_ep, (n_tr + n_te) * per_ep  # episodes: train, then test, then validation
         data["train"].append({k: v[:cut].copy() for k, v in tr.items()})
-        data["test"].append({k: v[cut:].copy() for k, v in tr.items()})
+        data["test"].append({k: v[cut:cut2].copy() for k, v in tr.items()})
+        data["val"].append({k: v[cut2:].copy() for k, v in tr.items()})
         if bar is not None:
             bar.update(1)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        arrays = {f"{split}{i}_{k}": d[k] for split in ("train", "test") for i, d in enumerate(data[split])
+        arrays = {f"{split}{i}_{k}": d[k] for split in ("train", "test", "val") for i, d in enumerate(data[split])
                   for k in names}
         tmp = path + ".tmp.npz"
         np.savez(tmp, **arrays)
@@ -195,13 +204,14 @@ def lr_at(cfg: ExperimentConfig, rnd: int) -> float:
     return cfg.lr * (cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def _make_learner(base_model, cfg: ExperimentConfig, transitions: list[dict], seed: int):
+def _make_learner(base_model, cfg: ExperimentConfig, transitions: list[dict], seed: int, dp_noise: float = 0.0):
     from sakura_nexus.models.online import OnlineLearner, Transition
 
     n = sum(len(t["action"]) for t in transitions)
     learner = OnlineLearner(copy.deepcopy(base_model), lr=cfg.lr, buffer_size=n, batch_size=cfg.batch_size,
                             grad_clip=cfg.grad_clip, trainable=cfg.trainable, min_samples=cfg.batch_size,
-                            seed=seed)
+                            seed=seed, dp_noise_multiplier=dp_noise, dp_clip_norm=cfg.dpsgd_clip,
+                            dp_delta=cfg.dp_delta)
     for t in transitions:
         for j in range(len(t["action"])):
             learner.add(Transition(t["embedding"][j], t["proprio"][j], t["action"][j], t["next_embedding"][j],
@@ -233,6 +243,39 @@ def heldout_loss(model, batch: dict, w_collision: float = 1.0) -> dict[str, floa
                     + collision_bce(model.collision_logits(target), batch["collided"]))
     model.train(was)
     return {"loss": dyn + w_collision * col, "dynamics": dyn, "collision": col}
+
+
+def per_sample_loss(model, batch: dict, w_collision: float = 1.0) -> np.ndarray:
+    """(N,) the OnlineLearner loss of each transition on its own (the membership-inference score)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sakura_nexus.models.losses import prediction_error
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        target = model.encode(batch["next_embedding"], batch["next_proprio"])
+        z = model.encode(batch["embedding"], batch["proprio"])
+        pred = model.predict_members(z, batch["action"])  # (K, N, Z)
+        dyn = prediction_error(pred, target, model.error_scale).mean(0)
+        y = batch["collided"]
+        lp, lt = model.collision_logits(pred), model.collision_logits(target)
+        col = F.binary_cross_entropy_with_logits(lp, y.expand_as(lp), reduction="none").mean(0) \
+            + F.binary_cross_entropy_with_logits(lt, y, reduction="none")
+    model.train(was)
+    return (dyn + w_collision * col).numpy().astype(np.float64)
+
+
+def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    """Area under the ROC curve of the score ``-loss`` separating members from non-members
+    (Mann-Whitney U, ties count half); 0.5 = the attack learns nothing."""
+    from scipy.stats import rankdata
+
+    x = np.concatenate([-np.asarray(members), -np.asarray(nonmembers)])
+    r = rankdata(x)
+    n1, n0 = len(members), len(nonmembers)
+    return float((r[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _add_to_params(model, mask: np.ndarray, values: np.ndarray) -> None:
@@ -291,8 +334,13 @@ class _Runner:
     def __init__(self, cfg: ExperimentConfig, base_model, data: dict, bar=None):
         self.cfg, self.base, self.data, self.bar = cfg, base_model, data, bar
         self.test_all = _as_batch(data["test"])
+        self.val_all = _as_batch(data["val"])
         self.test_sites = [_as_batch([t]) for t in data["test"]]
         self.initial = heldout_loss(base_model, self.test_all)
+        self.initial_val = heldout_loss(base_model, self.val_all)
+        # membership inference: each site's training transitions vs its own unseen ones (test + val)
+        self.mia_members = [_as_batch([t]) for t in data["train"]]
+        self.mia_nonmembers = [_as_batch([t, v]) for t, v in zip(data["test"], data["val"], strict=True)]
         self.n_sites = len(cfg.sites)
 
     def _tick(self):
@@ -312,20 +360,40 @@ class _Runner:
         return [heldout_loss(model, b) for b in self.test_sites]
 
     def _eval(self, models: list) -> dict:
-        """Mean over ``models`` of the all-site held-out metrics."""
+        """Mean over ``models`` of the all-site test metrics, and (``val_*``) of the validation ones."""
         ev = [heldout_loss(m, self.test_all) for m in models]
-        return {k: float(np.mean([e[k] for e in ev])) for k in ev[0]}
+        va = [heldout_loss(m, self.val_all) for m in models]
+        return {**{k: float(np.mean([e[k] for e in ev])) for k in ev[0]},
+                **{f"val_{k}": float(np.mean([e[k] for e in va])) for k in va[0]}}
+
+    def _start(self) -> list[dict]:
+        return [dict(self.initial) | {f"val_{k}": v for k, v in self.initial_val.items()}]
+
+    def _mia(self, site_models: list) -> dict:
+        """Loss-threshold membership inference on each site's model: its training transitions against
+        its unseen ones; AUC per site and the mean."""
+        aucs = [auc(per_sample_loss(m, mem), per_sample_loss(m, non))
+                for m, mem, non in zip(site_models, self.mia_members, self.mia_nonmembers, strict=True)]
+        return {"mia_auc": float(np.mean(aucs)), "mia_auc_per_site": aucs}
 
     def _result(self, curve: list[dict], models: list, **extra) -> dict:
+        """``final``: the test metrics at the round with the lowest validation error (PRIMARY), the
+        checkpoint every method alike would ship; ``last``: at the last round."""
         per_site = [self._per_site(m) for m in models]
-        return {"curve": {k: [c[k] for c in curve] for k in curve[0]}, "final": curve[-1],
-                "per_site_heldout": {k: np.mean([[e[k] for e in ps] for ps in per_site], 0).tolist()
-                                     for k in curve[0]}, **extra}
+        test_keys = [k for k in curve[0] if not k.startswith("val_")]
+        best = int(np.nanargmin([c[f"val_{PRIMARY}"] for c in curve]))
+        return {"curve": {k: [c[k] for c in curve] for k in test_keys},
+                "val_curve": {k[4:]: [c[k] for c in curve] for k in curve[0] if k.startswith("val_")},
+                "final": {k: curve[best][k] for k in test_keys}, "selected_round": best,
+                "selected_val": {k[4:]: curve[best][k] for k in curve[0] if k.startswith("val_")},
+                "last": {k: curve[-1][k] for k in test_keys},
+                "per_site_heldout_last": {k: np.mean([[e[k] for e in ps] for ps in per_site], 0).tolist()
+                                          for k in test_keys}, **extra}
 
     def local(self) -> dict:
         cfg = self.cfg
         learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
-        curve = [dict(self.initial)]
+        curve = self._start()
         for rnd in range(cfg.rounds):
             for L in learners:
                 L.set_lr(lr_at(cfg, rnd))
@@ -334,18 +402,31 @@ class _Runner:
             self._tick()
         return self._result(curve, [L.model for L in learners],
                             per_site_model=[heldout_loss(L.model, self.test_all) for L in learners],
-                            bytes_per_update=0, **self._skips(learners))
+                            bytes_per_update=0, **self._mia([L.model for L in learners]), **self._skips(learners))
 
     def central(self) -> dict:
         cfg = self.cfg
         L = _make_learner(self.base, cfg, self.data["train"], cfg.seed)
-        curve = [dict(self.initial)]
+        curve = self._start()
         for rnd in range(cfg.rounds):
             L.set_lr(lr_at(cfg, rnd))
             self._steps(L, self.n_sites * cfg.local_steps)
             curve.append(self._eval([L.model]))
             self._tick()
         return self._result(curve, [L.model], bytes_per_update=None, **self._skips([L]))
+
+    def dpsgd_noise(self) -> float:
+        """The DP-SGD noise multiplier: ``cfg.dpsgd_noise`` or the smallest keeping every site's epsilon
+        <= ``cfg.dpsgd_epsilon`` (delta ``cfg.dp_delta``) over all its steps (the run's full horizon)."""
+        from sakura_nexus.models.online import _round_up_2sig
+
+        from .privacy import noise_for_epsilon
+
+        cfg = self.cfg
+        if cfg.dpsgd_noise is not None:
+            return float(cfg.dpsgd_noise)
+        q = max(_round_up_2sig(cfg.batch_size / len(t["action"])) for t in self.data["train"])
+        return noise_for_epsilon(cfg.dpsgd_epsilon, q, cfg.rounds * cfg.local_steps, cfg.dp_delta)
 
     def fedavg(self) -> dict:
         from .weights import vector_to_payload, world_model_vector
@@ -354,7 +435,7 @@ class _Runner:
         learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
         template = copy.deepcopy(self.base)
         version = int(self.base.version)
-        curve, sent = [dict(self.initial)], []
+        curve, sent = self._start(), []
         for rnd in range(cfg.rounds):
             vecs, weights = [], []
             for L in learners:
@@ -374,7 +455,7 @@ class _Runner:
         return self._result(curve, [learners[0].model], bytes_per_update=float(np.mean(sent)), updates=len(sent),
                             bytes_upstream_total=int(np.sum(sent)), **self._skips(learners))
 
-    def fedbuff(self, dp: bool = False, error_feedback: str | None = None) -> dict:
+    def fedbuff(self, dp: bool = False, error_feedback: str | None = None, dpsgd: bool = False) -> dict:
         """Our pipeline: uplink clip + error feedback + codec -> FedBuffAggregator.submit_payload.
 
         ``error_feedback`` (default ``cfg.error_feedback``): ``"residual"`` = the shipped
@@ -391,7 +472,9 @@ class _Runner:
         from .weights import vector_to_payload, world_model_vector
 
         cfg = self.cfg
-        learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
+        z_sgd = self.dpsgd_noise() if dpsgd else 0.0
+        learners = [_make_learner(self.base, cfg, [t], cfg.seed + i, dp_noise=z_sgd)
+                    for i, t in enumerate(self.data["train"])]
         full0 = world_model_vector(self.base)
         ef_mode = error_feedback or cfg.error_feedback
         if ef_mode not in ("residual", "keep_local", "off"):
@@ -405,7 +488,8 @@ class _Runner:
         uplink_clip = [LocalPrivatizer(clip_norm=cfg.uplink_clip) for _ in learners]
         efs = [ErrorFeedback(cfg.codec, agg.size) for _ in learners]
         template = copy.deepcopy(self.base)
-        curve, sent, norms, eps_curve, seq = [dict(self.initial)], [], [], [0.0], 0
+        curve, sent, norms, eps_curve, seq = self._start(), [], [], [0.0], 0
+        site_eps_curve = [0.0]
         for rnd in range(cfg.rounds):
             seq += 1
             for i, L in enumerate(learners):
@@ -422,6 +506,8 @@ class _Runner:
                                          sample_count=st["sample_count"])
                 if not res.accepted:
                     raise RuntimeError(f"aggregator rejected {cfg.sites[i].name}: {res.reason}")
+            if rnd == cfg.rounds - 1:  # the models the robots hold (and whose deltas left them) at the end
+                mia = self._mia([L.model for L in learners])
             full = full0.copy()
             full[mask] = agg.model
             glob = vector_to_payload(template, full, agg.version)
@@ -433,6 +519,8 @@ class _Runner:
             template.load_state_dict(world_model_from_bytes(glob, like=template).state_dict())
             curve.append(self._eval([template]))
             eps_curve.append(float(agg.epsilon))
+            if dpsgd:
+                site_eps_curve.append(max(L.epsilon for L in learners))
             self._tick()
         out = self._result(curve, [template])
         out.update({"bytes_per_update": float(np.mean(sent)), "updates": len(sent),
@@ -442,7 +530,17 @@ class _Runner:
                "residual_norm_final": [float(e.residual_norm) for e in efs],
                "aggregations": int(agg.counters.get("aggregations", 0)),
                "clipped_by_aggregator": int(agg.counters.get("clipped", 0)),
-               "global_version": int(agg.version), **self._skips(learners)})
+               "global_version": int(agg.version), **mia, **self._skips(learners)})
+        if dpsgd:
+            n_site = [len(t["action"]) for t in self.data["train"]]
+            out.update({"record_epsilon": max(L.epsilon for L in learners), "delta": cfg.dp_delta,
+                        "record_epsilon_per_site": [L.epsilon for L in learners],
+                        "record_epsilon_curve": site_eps_curve, "dpsgd_noise_multiplier": z_sgd,
+                        "dpsgd_clip": cfg.dpsgd_clip, "dpsgd_sampling_rate": [L._sampling_rate(n) for n in n_site],
+                        "dpsgd_steps_per_site": [L.accountant.num_releases for L in learners],
+                        "dpsgd_grad_norm_median_last": [L.last_grad_norm for L in learners],
+                        # group privacy: a whole site's data is k = n_site records; (k eps, k e^{(k-1) eps} delta)
+                        "site_level_group_epsilon": [n * L.epsilon for n, L in zip(n_site, learners, strict=True)]})
         if agg.dp is not None:
             out.update({"epsilon": float(agg.epsilon), "delta": cfg.dp_delta, "epsilon_curve": eps_curve,
                         "dp_clip": dp_clip, "dp_noise_multiplier": cfg.dp_noise,
@@ -479,7 +577,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True
         bar.set_postfix_str(m)
         t = time.time()
         if m.startswith("fedbuff"):
-            results[m] = runner.fedbuff(dp=m == "fedbuff_dp",
+            results[m] = runner.fedbuff(dp=m == "fedbuff_dp", dpsgd=m == "fedbuff_dpsgd",
                                         error_feedback="keep_local" if m == "fedbuff_keep_local" else None)
         else:
             results[m] = getattr(runner, m)()
@@ -495,7 +593,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True
                 "fedbuff_over_fedavg": f["fedbuff"] / f["fedavg"],
                 "central_over_initial": f["central"] / runner.initial[metric],
                 "keep_local_over_fedavg": f["fedbuff_keep_local"] / f["fedavg"],
-                "dp_loss_penalty": f["fedbuff_dp"] / f["fedbuff"] - 1.0}
+                "dp_loss_penalty": f["fedbuff_dp"] / f["fedbuff"] - 1.0,
+                "dpsgd_loss_penalty": f["fedbuff_dpsgd"] / f["fedbuff"] - 1.0,
+                "central_over_fedbuff": f["central"] / f["fedbuff"],
+                "last": {m: results[m]["last"][metric] for m in METHODS}}
 
     by_metric = {k: ratios(k) for k in ("dynamics", "loss", "collision")}
     p = by_metric[PRIMARY]
@@ -511,21 +612,31 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True
         "dp_clip": results["fedbuff_dp"]["dp_clip"], "dp_noise_multiplier": cfg.dp_noise,
         "dp_epsilon": results["fedbuff_dp"]["epsilon"], "dp_delta": cfg.dp_delta,
         "dp_epsilon_for_noise": _epsilon_table(cfg),
+        "record_epsilon": results["fedbuff_dpsgd"]["record_epsilon"],
+        "dpsgd_noise_multiplier": results["fedbuff_dpsgd"]["dpsgd_noise_multiplier"],
+        "mia_auc": {m: results[m]["mia_auc"] for m in ("local", "fedbuff", "fedbuff_keep_local", "fedbuff_dp",
+                                                        "fedbuff_dpsgd")},
+        "selected_round": {m: results[m]["selected_round"] for m in METHODS},
         "targets": {"fedbuff_over_central": 1.1, "fedbuff_over_local": 0.8, "byte_ratio": 50.0,
                     "fedbuff_over_fedavg": 1.02},
         "targets_met": {
             "fedbuff_vs_central_le_1.1x": p["fedbuff_over_central"] <= 1.1,
             "fedbuff_vs_local_le_0.8x": p["fedbuff_over_local"] <= 0.8,
             "bytes_ge_50x_smaller": ratio_bytes >= 50.0,
-            "fedbuff_le_2pct_worse_than_fedavg": p["fedbuff_over_fedavg"] <= 1.02},
+            "fedbuff_le_2pct_worse_than_fedavg": p["fedbuff_over_fedavg"] <= 1.02,
+            "record_epsilon_le_8": results["fedbuff_dpsgd"]["record_epsilon"] <= 8.0,
+            "dpsgd_penalty_le_10pct": p["dpsgd_loss_penalty"] <= 0.10,
+            "mia_auc_dpsgd_le_0.55": results["fedbuff_dpsgd"]["mia_auc"] <= 0.55},
         "by_metric": by_metric,
     }
     n_tr = sum(len(t["action"]) for t in data["train"])
     n_te = sum(len(t["action"]) for t in data["test"])
+    n_va = sum(len(t["action"]) for t in data["val"])
     report = {
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "sites"},
                    "sites": [asdict(s) for s in cfg.sites]},
-        "data": {"train_transitions": n_tr, "heldout_transitions": n_te, "cached": bool(data["cached"]),
+        "data": {"train_transitions": n_tr, "heldout_transitions": n_te, "validation_transitions": n_va,
+                 "cached": bool(data["cached"]),
                  "train_collision_rate": float(np.mean(np.concatenate([t["collided"] for t in data["train"]]))),
                  "heldout_collision_rate": float(np.mean(np.concatenate([t["collided"] for t in data["test"]]))),
                  "world_model_parameters": int(ckpt.world_model.num_parameters()),
@@ -537,7 +648,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True
                     "loss": "full OnlineLearner loss (dynamics + collision BCE) on the same set",
                     "collision": "collision BCE term"},
         "checkpoint": {k: ckpt.manifest.get(k, {}).get("sha256") for k in ("world_model", "encoder")},
-        "initial_heldout": runner.initial, "initial_heldout_per_site": runner._per_site(ckpt.world_model),
+        "initial_heldout": runner.initial, "initial_validation": runner.initial_val,
+        "initial_heldout_per_site": runner._per_site(ckpt.world_model),
         "gradient_steps_per_method": cfg.rounds * cfg.local_steps * len(cfg.sites),
         "summary": summary, "methods": results,
         "timing_s": {"data": round(t_data, 2), **timings, "total": round(time.time() - t0, 2)},
@@ -645,6 +757,10 @@ def experiment_main(argv: list[str] | None = None) -> int:
                       "fedbuff/fedavg": round(s["fedbuff_over_fedavg"], 4),
                       "bytes fedavg/fedbuff": round(s["byte_ratio_fedavg_over_fedbuff"], 1),
                       "dp epsilon": round(s["dp_epsilon"], 2), "dp penalty": round(s["dp_loss_penalty"], 4),
+                      "record epsilon (dp-sgd)": round(s["record_epsilon"], 3),
+                      "dp-sgd noise": round(s["dpsgd_noise_multiplier"], 3),
+                      "dp-sgd penalty": round(s["dpsgd_loss_penalty"], 4), "mia auc": s["mia_auc"],
+                      "selected round": s["selected_round"],
                       "fedbuff_keep_local/fedavg": round(s["keep_local_over_fedavg"], 4),
                       "targets_met": s["targets_met"], "timing_s": rep["timing_s"],
                       "out": os.path.abspath(a.out)}, indent=1))

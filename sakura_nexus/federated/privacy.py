@@ -1,20 +1,20 @@
 """Clipping, Gaussian noise and Renyi-DP accounting for (sub)sampled Gaussian mechanisms.
 
-Flower 1.42 ships an RDP accountant (``flwr.supercore.privacy_accounting``) but it needs Google's
-``dp-accounting`` package (``flwr[dp]``, which pulls scipy); it is not installed in this project, so the
-accountant is implemented here in plain numpy/math:
+**The accountant is Google's** ``dp-accounting`` (``dp_accounting.rdp``, the library behind
+TensorFlow Privacy and Flower's ``flwr[dp]`` accountant): :class:`RDPAccountant` keeps a ledger of
+releases ``(noise multiplier, Poisson sampling rate, count)``; the RDP curve of one release comes
+from ``dp_accounting.rdp.RdpAccountant`` (``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, or
+``GaussianDpEvent(z)`` for ``q = 1``), compositions add up (RDP composes linearly, as the library's
+own ``SelfComposedDpEvent`` does) and the conversion to (epsilon, delta) is the library's
+``compute_epsilon`` (Balle et al. 2020, Prop. 12).
 
-* RDP of the Poisson-subsampled Gaussian mechanism (Mironov, Talwar, Zhang 2019, "Renyi Differential
-  Privacy of the Sampled Gaussian Mechanism"): exact binomial expansion for integer orders, the
-  two-sided erfc series for fractional orders; ``q = 1`` reduces to ``alpha / (2 sigma^2)``. For
-  fractional orders the signed series is summed exactly (it matches numerical integration to ~1e-9);
-  Google's ``dp-accounting`` sums absolute values there, a slightly looser upper bound.
-* Conversion to (epsilon, delta) with the tighter bound of Balle et al. 2020 (Prop. 12 / Canonne,
-  Kamath, Steinke 2020): ``eps = rdp + log((a-1)/a) - (log(delta) + log(a)) / (a-1)``, minimised over
-  the orders.
-
-``test/test_federated_privacy.py`` checks it against published values of the reference
-implementation and against direct numerical integration.
+:func:`compute_rdp` / :func:`rdp_to_epsilon` are an independent, hand-written implementation of the
+same mathematics (Mironov, Talwar, Zhang 2019: exact binomial expansion for integer orders, the
+two-sided erfc series for fractional ones). **They are a cross-check only**: nothing in the project
+accounts with them; ``test/test_federated_privacy.py`` requires them to agree with the library
+within 1 % and checks both against direct numerical integration. Where they differ it is at small
+fractional orders, where the library's series gives up (logged by absl, the order is excluded) or
+sums absolute values (a looser bound); the library's figure is the one reported.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ __all__ = [
     "clip_l2",
     "compute_rdp",
     "l2norm",
+    "library_epsilon",
+    "library_rdp",
+    "noise_for_epsilon",
     "rdp_to_epsilon",
 ]
 
@@ -76,7 +79,7 @@ def add_gaussian_noise(x: np.ndarray, std: float, rng: np.random.Generator | Non
     return (x + rng.normal(0.0, std, size=x.shape)).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- RDP math
+# --------------------------------------------------------------------------- RDP math (hand-written cross-check)
 
 
 def _log_add(a: float, b: float) -> float:
@@ -210,12 +213,75 @@ def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) 
     return float(max(0.0, eps[i])), float(a[i])
 
 
+# --------------------------------------------------------------------------- the library (dp-accounting)
+
+
+def _quiet_absl() -> None:
+    """dp-accounting logs a WARNING per order its fractional series excludes; that is expected here."""
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover - absl comes with dp-accounting
+        pass
+
+
+def library_rdp(q: float, noise_multiplier: float, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
+    """RDP of ONE Poisson-subsampled Gaussian release at each order, from ``dp_accounting``."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant as _LibRdp
+
+    if not 0 <= q <= 1:
+        raise ValueError(f"sampling probability must be in [0, 1], got {q}")
+    if noise_multiplier < 0:
+        raise ValueError("noise multiplier must be >= 0")
+    a = np.asarray(orders, dtype=np.float64)
+    if q == 0:
+        return np.zeros(a.shape)
+    if noise_multiplier == 0:
+        return np.full(a.shape, np.inf)
+    _quiet_absl()
+    event = dp_accounting.GaussianDpEvent(float(noise_multiplier))
+    if q < 1:
+        event = dp_accounting.PoissonSampledDpEvent(float(q), event)
+    lib = _LibRdp(list(a))
+    lib.compose(event)
+    return np.asarray(lib.rdp, dtype=np.float64)
+
+
+def library_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) -> float:
+    """Epsilon at ``delta`` of an RDP curve (``dp_accounting.rdp.compute_epsilon``)."""
+    from dp_accounting.rdp import compute_epsilon
+
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    r = np.asarray(rdp, dtype=np.float64)
+    if np.all(r == 0):
+        return 0.0
+    return float(compute_epsilon(list(map(float, orders)), list(map(float, r)), float(delta))[0])
+
+
+def noise_for_epsilon(epsilon: float, sample_rate: float, steps: int, delta: float = DEFAULT_DELTA,
+                      lo: float = 0.3, hi: float = 100.0) -> float:
+    """Smallest noise multiplier (to 0.5 %) whose ``steps`` releases at ``sample_rate`` stay within
+    (``epsilon``, ``delta``) by the library's RDP accountant."""
+    def eps(z: float) -> float:
+        return library_epsilon(DEFAULT_ORDERS, library_rdp(sample_rate, z) * steps, delta)
+
+    if eps(hi) > epsilon:
+        raise ValueError(f"epsilon {epsilon} is out of reach even with noise multiplier {hi}")
+    while hi / lo > 1.005:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if eps(mid) <= epsilon else (mid, hi)
+    return hi
+
+
 # --------------------------------------------------------------------------- accountant
 
 
 @dataclass
 class RDPAccountant:
-    """Composes (subsampled) Gaussian releases; reports epsilon at a target delta.
+    """Composes (subsampled) Gaussian releases; reports epsilon at a target delta (``dp-accounting``).
 
     The ledger (noise multiplier, sampling rate, count) is JSON-serialisable via :meth:`state_dict`.
     """
@@ -234,7 +300,7 @@ class RDPAccountant:
     def _unit(self, noise_multiplier: float, q: float) -> np.ndarray:
         key = (float(noise_multiplier), float(q))
         if key not in self._cache:
-            self._cache[key] = compute_rdp(q, noise_multiplier, 1, self.orders)
+            self._cache[key] = library_rdp(q, noise_multiplier, self.orders)
         return self._cache[key]
 
     def step(self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1) -> None:
@@ -254,13 +320,31 @@ class RDPAccountant:
     def epsilon(self, delta: float | None = None) -> float:
         if not self.ledger:
             return 0.0
-        return rdp_to_epsilon(self.orders, self._rdp, self.target_delta if delta is None else delta)[0]
+        return library_epsilon(self.orders, self._rdp, self.target_delta if delta is None else delta)
 
     def epsilon_if(self, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1,
                    delta: float | None = None) -> float:
         """Epsilon after composing the given releases, without committing them."""
         rdp = self._rdp + self._unit(noise_multiplier, sample_rate) * count
-        return rdp_to_epsilon(self.orders, rdp, self.target_delta if delta is None else delta)[0]
+        return library_epsilon(self.orders, rdp, self.target_delta if delta is None else delta)
+
+    def steps_within(self, budget: float, noise_multiplier: float, sample_rate: float = 1.0,
+                     delta: float | None = None, limit: int = 10**8) -> int:
+        """How many more releases of (``noise_multiplier``, ``sample_rate``) keep epsilon <= ``budget``
+        (bisection on the library's epsilon; epsilon grows with the count)."""
+        if self.epsilon_if(noise_multiplier, sample_rate, 1, delta) > budget:
+            return 0
+        lo, hi = 1, 2
+        while hi < limit and self.epsilon_if(noise_multiplier, sample_rate, hi, delta) <= budget:
+            lo, hi = hi, hi * 2
+        hi = min(hi, limit)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.epsilon_if(noise_multiplier, sample_rate, mid, delta) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def state_dict(self) -> dict:
         return {"target_delta": self.target_delta, "ledger": [list(x) for x in self.ledger]}

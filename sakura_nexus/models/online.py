@@ -10,6 +10,20 @@ By default only the dynamics ensemble and the collision head learn online (``tra
 "dynamics"``): the latent space itself (``encode``) stays that of the base model, so the planner's
 costs, the fleet average of deltas and the latents in ``world_state`` keep their meaning. A
 friction or payload change is a change of dynamics, which is exactly what adapts.
+
+**Record-level DP-SGD** (``dp_noise_multiplier > 0``; Abadi et al. 2016): the unit of privacy is one
+transition. Each step samples the replay buffer by **Poisson sampling** (every stored transition
+independently with probability ``q``, ``q = batch_size / buffer size`` rounded *up* to two
+significant digits, so the buffer filling up costs a bounded number of accountant evaluations);
+per-sample gradients come from ``torch.func`` (``vmap(grad(...))`` over the one-sample loss), each
+is clipped to L2 norm ``dp_clip_norm``, their sum gets ``N(0, (z C)^2)`` noise and is divided by the
+*expected* batch size ``q * N``; Adam then steps on that noisy gradient (post-processing). Every step
+is one Poisson-subsampled Gaussian release in the ledger (:class:`~sakura_nexus.federated.privacy.
+RDPAccountant`, Google's ``dp-accounting``), counted for every record as if it had been in the buffer
+since the ledger began (an upper bound: a record evicted from the FIFO spends nothing afterwards).
+With ``dp_epsilon_budget > 0`` a step that would take epsilon (at ``dp_delta``) above the budget is
+not taken: learning stops with ``budget_exhausted``. The ``grad_clip`` skip guard does not apply in
+DP mode (the per-sample clip bounds every step; a non-finite per-sample gradient counts as zero).
 """
 
 from __future__ import annotations
@@ -66,11 +80,45 @@ class ReplayBuffer:
         self.added += 1
 
     def sample(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
-        rows = torch.from_numpy(self._data[rng.integers(0, self.size, n)])
+        return self._split(torch.from_numpy(self._data[rng.integers(0, self.size, n)]))
+
+    def sample_poisson(self, rng: np.random.Generator, q: float) -> dict[str, torch.Tensor]:
+        """Every stored transition independently with probability ``q`` (DP-SGD's sampling)."""
+        idx = np.flatnonzero(rng.random(self.size) < q)
+        return self._split(torch.from_numpy(self._data[idx]))
+
+    def _split(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self._e
         return {"embedding": rows[:, :e], "proprio": rows[:, e:e + 6], "action": rows[:, e + 6:e + 8],
                 "next_embedding": rows[:, e + 8:2 * e + 8], "next_proprio": rows[:, 2 * e + 8:2 * e + 14],
                 "collided": rows[:, -1]}
+
+
+def _round_up_2sig(q: float) -> float:
+    """``q`` rounded up to two significant digits (a sampling rate that is never below ``q``)."""
+    if q >= 1.0:
+        return 1.0
+    e = math.floor(math.log10(q)) - 1
+    return min(1.0, math.ceil(q / 10.0 ** e - 1e-9) * 10.0 ** e)
+
+
+class _LossModule(torch.nn.Module):
+    """The OnlineLearner loss as a module's forward, so ``torch.func.functional_call`` can take the
+    trainable weights as inputs (per-sample gradients for DP-SGD)."""
+
+    def __init__(self, model: WorldModel, w_collision: float):
+        super().__init__()
+        self.model, self.w_collision = model, w_collision
+
+    def forward(self, emb, prop, act, next_emb, next_prop, col):
+        m = self.model
+        with torch.no_grad():
+            target = m.encode(next_emb, next_prop)
+        z = m.encode(emb, prop)
+        pred = m.predict_members(z, act)
+        dyn = prediction_error(pred, target, m.error_scale).mean()
+        c = collision_bce(m.collision_logits(pred), col) + collision_bce(m.collision_logits(target), col)
+        return dyn + self.w_collision * c
 
 
 class OnlineLearner:
@@ -78,7 +126,8 @@ class OnlineLearner:
 
     def __init__(self, model: WorldModel, lr: float = 3e-4, buffer_size: int = 5000, batch_size: int = 32,
                  grad_clip: float = 10.0, w_collision: float = 1.0, trainable: str = "dynamics",
-                 min_samples: int | None = None, seed: int = 0):
+                 min_samples: int | None = None, seed: int = 0, dp_noise_multiplier: float = 0.0,
+                 dp_clip_norm: float = 1.0, dp_delta: float = 1e-5, dp_epsilon_budget: float = 0.0):
         if trainable not in ("dynamics", "all"):
             raise ValueError("trainable must be 'dynamics' or 'all'")
         if not (buffer_size > 0 and batch_size > 0 and lr > 0 and grad_clip > 0):
@@ -112,6 +161,20 @@ class OnlineLearner:
         self._loss_sum = 0.0
         self._loss_n = 0
         self.snapshot = WorldModelSnapshot(model)
+        # record-level DP-SGD (see the module docstring)
+        if dp_noise_multiplier < 0 or dp_clip_norm <= 0 or not 0 < dp_delta < 1 or dp_epsilon_budget < 0:
+            raise ValueError("dp_noise_multiplier >= 0, dp_clip_norm > 0, 0 < dp_delta < 1, budget >= 0")
+        from sakura_nexus.federated.privacy import RDPAccountant
+
+        self.dp_noise_multiplier, self.dp_clip_norm = float(dp_noise_multiplier), float(dp_clip_norm)
+        self.dp_delta, self.dp_epsilon_budget = float(dp_delta), float(dp_epsilon_budget)
+        self.accountant = RDPAccountant(target_delta=self.dp_delta)
+        self.budget_exhausted = False
+        self.dp_steps_refused = 0
+        self._allowance: tuple[float, int] | None = None  # (q, DP steps left within the budget at q)
+        self._noise = torch.Generator().manual_seed(int(seed) + 7919)
+        self._loss_module = _LossModule(model, self.w_collision)
+        self._per_sample_grad = None  # built on first DP step
 
     # ------------------------------------------------------------------ data
     def add(self, transition: Transition) -> None:
@@ -139,6 +202,8 @@ class OnlineLearner:
         Returns the loss, or None when the buffer holds fewer than ``min_samples`` transitions or
         the step was skipped: a non-finite loss or gradient (``skipped_nonfinite``) or a gradient
         norm above ``grad_clip`` (``skipped_grad``). A skipped step changes no weight."""
+        if self.dp_noise_multiplier > 0:
+            return self._dp_step()
         with self._train_lock:
             with self.lock:
                 if self.buffer.size < self.min_samples:
@@ -169,6 +234,114 @@ class OnlineLearner:
                 self._loss_n += 1
                 self.snapshot = WorldModelSnapshot(self.model)
             return value
+
+    # ------------------------------------------------------------------ DP-SGD
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_noise_multiplier > 0
+
+    @property
+    def epsilon(self) -> float:
+        """Record-level epsilon (at ``dp_delta``) of every DP step taken under this ledger;
+        ``inf`` once a non-private step was taken with DP off and 0 before any step."""
+        if not self.dp_enabled:
+            return math.inf if self.steps > 0 else 0.0
+        return self.accountant.epsilon()
+
+    def _sampling_rate(self, n: int) -> float:
+        return _round_up_2sig(self.batch_size / max(1, n))
+
+    def _within_budget(self, q: float) -> bool:
+        """True if one more DP step at rate ``q`` keeps epsilon within the budget (no budget: True)."""
+        if self.dp_epsilon_budget <= 0:
+            return True
+        if self._allowance is None or self._allowance[0] != q:
+            self._allowance = (q, self.accountant.steps_within(self.dp_epsilon_budget, self.dp_noise_multiplier, q))
+        return self._allowance[1] > 0
+
+    def _grads_fn(self):
+        if self._per_sample_grad is None:
+            from torch.func import functional_call, grad, vmap
+
+            module = self._loss_module
+            frozen = {f"model.{n}": b for n, b in self.model.named_buffers()}
+
+            def one(params, e, p, a, ne, np_, c):
+                args = (e[None], p[None], a[None], ne[None], np_[None], c[None])
+                return functional_call(module, {**params, **frozen}, args)
+
+            self._per_sample_grad = vmap(grad(one), in_dims=(None, 0, 0, 0, 0, 0, 0))
+        return self._per_sample_grad
+
+    def _dp_step(self) -> float | None:
+        """One DP-SGD step: Poisson sample, per-sample clipped gradients + Gaussian noise, Adam."""
+        z, clip = self.dp_noise_multiplier, self.dp_clip_norm
+        with self._train_lock:
+            with self.lock:
+                n = self.buffer.size
+                if n < self.min_samples:
+                    return None
+                q = self._sampling_rate(n)
+                if not self._within_budget(q):
+                    self.budget_exhausted = True
+                    self.dp_steps_refused += 1
+                    return None
+                batch = self.buffer.sample_poisson(self.rng, q)
+                # the release happens whatever the batch holds: account it before computing anything
+                self.accountant.step(z, q)
+                if self._allowance is not None:
+                    self._allowance = (q, self._allowance[1] - 1)
+            names = [n_ for n_, p in self.model.named_parameters() if p.requires_grad]
+            params = {f"model.{n_}": p.detach() for n_, p in self.model.named_parameters() if p.requires_grad}
+            m = int(batch["action"].shape[0])
+            summed = [torch.zeros_like(p) for p in params.values()]
+            value = float("nan")
+            if m > 0:
+                cols = ("embedding", "proprio", "action", "next_embedding", "next_proprio", "collided")
+                g = self._grads_fn()(params, *(batch[k] for k in cols))
+                flat = [g[f"model.{n_}"].reshape(m, -1) for n_ in names]
+                norms = torch.sqrt(sum(f.square().sum(1) for f in flat))
+                factor = torch.where(torch.isfinite(norms), (clip / (norms + 1e-12)).clamp(max=1.0),
+                                     torch.zeros_like(norms))
+                for i, f in enumerate(flat):
+                    f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+                    summed[i] = (f * factor[:, None]).sum(0).reshape(summed[i].shape)
+                self.last_grad_norm = float(norms.median())
+                with torch.no_grad():
+                    value = float(self.loss(batch))
+            expected = q * n
+            with self.lock:
+                for p, s_ in zip(self._params, summed, strict=True):
+                    noise = torch.randn(s_.shape, generator=self._noise) * (z * clip)
+                    p.grad = (s_ + noise) / expected
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.steps += 1
+                self.samples_since_base += m
+                if math.isfinite(value):
+                    self._loss_sum += value
+                    self._loss_n += 1
+                self.snapshot = WorldModelSnapshot(self.model)
+            return value if math.isfinite(value) else None
+
+    def dp_state(self) -> dict:
+        """Privacy ledger and settings (persisted with checkpoints and by the world-model node)."""
+        with self.lock:
+            return {"noise_multiplier": self.dp_noise_multiplier, "clip_norm": self.dp_clip_norm,
+                    "delta": self.dp_delta, "budget": self.dp_epsilon_budget,
+                    "ledger": self.accountant.state_dict(), "budget_exhausted": self.budget_exhausted}
+
+    def restore_dp_ledger(self, ledger: dict) -> None:
+        """Adopt a persisted ledger if it has at least as many releases as the current one (ledgers only
+        grow: a restart must never forget privacy already spent)."""
+        from sakura_nexus.federated.privacy import RDPAccountant
+
+        with self.lock:
+            other = RDPAccountant.from_state_dict(ledger)
+            other.target_delta = self.dp_delta
+            if other.num_releases >= self.accountant.num_releases:
+                self.accountant = other
+                self._allowance = None
 
     def set_lr(self, lr: float) -> None:
         self.lr = float(lr)
@@ -227,7 +400,8 @@ class OnlineLearner:
             meta = {"version": self.model.version, "base_version": self.base_version, "steps": self.steps,
                     "skipped_nonfinite": self.skipped_nonfinite, "skipped_grad": self.skipped_grad,
                     "samples_since_base": self.samples_since_base, "loss_sum": self._loss_sum,
-                    "loss_n": self._loss_n, "extra": dict(extra or {})}
+                    "loss_n": self._loss_n, "dp_ledger": self.accountant.state_dict(),
+                    "extra": dict(extra or {})}
         existing = _checkpoints(directory)
         seq = existing[0][0] + 1 if existing else 1
         path = os.path.join(directory, f"online-{seq:08d}.ckpt")
@@ -270,6 +444,8 @@ class OnlineLearner:
                 self._loss_sum, self._loss_n = float(meta["loss_sum"]), int(meta["loss_n"])
                 self.optimizer = torch.optim.Adam(self._params, lr=self.lr)
                 self.snapshot = WorldModelSnapshot(self.model)
+            if meta.get("dp_ledger"):
+                self.restore_dp_ledger(meta["dp_ledger"])
             return {**meta["extra"], **meta, "path": path, "skipped_corrupt": skipped}
         return None
 
@@ -278,7 +454,9 @@ class OnlineLearner:
             return {"buffer": self.buffer.size, "added": self.buffer.added, "steps": self.steps,
                     "skipped_nonfinite": self.skipped_nonfinite, "skipped_grad": self.skipped_grad,
                     "last_grad_norm": self.last_grad_norm, "version": self.model.version,
-                    "base_version": self.base_version, "samples_since_base": self.samples_since_base}
+                    "base_version": self.base_version, "samples_since_base": self.samples_since_base,
+                    **({"epsilon": round(self.accountant.epsilon(), 4), "dp_steps": self.accountant.num_releases,
+                        "budget_exhausted": self.budget_exhausted} if self.dp_enabled else {})}
 
 
 def _checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:

@@ -56,6 +56,9 @@ class FederatedSyncNode(NexusNode):
         self._error_kind = ""  # what clears it: "delta" (next spooled delta), "link" (next exchange),
         self._error_time = 0.0  # "model" (next published model); "" = stays
         self._base_stats: dict = {}
+        # record-level DP of the robot's learner, from its latest model_delta
+        self._record_eps, self._eps_budget, self._budget_exhausted = 0.0, 0.0, False
+        self._budget_msg = ""
         self._pubs: dict = {}
         self._timer = None
         self.params.on_change(self._on_params)
@@ -174,8 +177,8 @@ class FederatedSyncNode(NexusNode):
             return ERROR, "no world-model checkpoint: global models cannot be applied"
         if self.supernode is not None and not self.supernode.running:
             return WARN, f"SuperNode not running (last exit {self.supernode.last_exit})"
-        if self._last_error:
-            return WARN, self._last_error[:200]
+        if self._last_error or self._budget_msg:
+            return WARN, (self._last_error or self._budget_msg)[:200]
         return OK, f"v{max(self._published_version, 0)}, {self.diag.counters.get('deltas_spooled', 0)} spooled"
 
     # --- uplink -----------------------------------------------------------------------------
@@ -185,6 +188,15 @@ class FederatedSyncNode(NexusNode):
         self.diag.count("deltas_received")
         if msg.model_id != MODEL_ID:
             self.drop("model_id", f"model_id {msg.model_id!r} is not synced")
+            return
+        self._record_eps, self._eps_budget = float(msg.epsilon_spent), float(msg.epsilon_budget)
+        if self._budget_exhausted:
+            self.drop("privacy_budget_spent", f"delta {msg.sequence} withheld: the privacy budget is spent")
+            return
+        if msg.epsilon_budget > 0 and not msg.epsilon_spent <= msg.epsilon_budget:
+            self.drop("privacy_budget_exceeded", f"delta {msg.sequence}: record-level epsilon "
+                      f"{msg.epsilon_spent:.4g} above the budget {msg.epsilon_budget:g}; not sent", level="error")
+            self._stop_contributing(msg)
             return
         t0 = time.perf_counter()
         try:
@@ -219,6 +231,17 @@ class FederatedSyncNode(NexusNode):
         # after the append returned (durable): the line tests and operators rely on
         self.get_logger().info(f"spooled {self.robot_id} seq={msg.sequence} base=v{msg.base_version} "
                                f"{res.bytes_in}->{res.bytes_out} B norm={res.increment_norm:.4g}")
+        if msg.budget_exhausted:
+            self._stop_contributing(msg)
+
+    def _stop_contributing(self, msg: ModelDelta) -> None:
+        """The robot's record-level privacy budget is spent: no further delta leaves it (sticky)."""
+        self._budget_exhausted = True
+        self.diag.set("budget_exhausted", True)
+        self._budget_msg = (f"privacy budget spent: record-level epsilon {msg.epsilon_spent:.4g} of "
+                            f"{msg.epsilon_budget:g} (delta {msg.dp_delta:g}); delta {msg.sequence} was the last, "
+                            f"this robot sends no more")
+        self._error(self._budget_msg)
 
     # --- downlink + status ------------------------------------------------------------------
     def _poll(self) -> None:
@@ -305,13 +328,18 @@ class FederatedSyncNode(NexusNode):
         msg.deltas_acked = max(0, int(st.get("acked", 0)) - int(base.get("acked", 0)))
         msg.global_version = max(0, self.spool.inbox.latest_version(MODEL_ID))
         msg.epsilon_spent = float(self.uplink.epsilon) if self.uplink else 0.0
-        msg.last_error = self._last_error
+        msg.record_epsilon_spent = self._record_eps
+        msg.epsilon_budget = self._eps_budget
+        msg.budget_exhausted = self._budget_exhausted
+        msg.last_error = self._last_error or self._budget_msg  # the budget reason stays once nothing newer
         self._pubs["status"].publish(msg)
         for k in ("pending", "bytes", "acked", "duplicates", "merged", "dropped", "corrupt", "syncs",
                   "bytes_sent", "bytes_received"):
             self.diag.set(f"spool_{k}", int(st.get(k, 0)))
         self.diag.set("link_state", int(msg.link_state))
         self.diag.set("epsilon_spent", round(msg.epsilon_spent, 4))
+        self.diag.set("record_epsilon_spent", round(self._record_eps, 4))
+        self.diag.set("epsilon_budget", self._eps_budget)
         if self.supernode is not None:
             self.diag.set("supernode_pid", self.supernode.proc.pid if self.supernode.running else 0)
 

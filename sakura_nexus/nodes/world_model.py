@@ -14,7 +14,12 @@ Thin adapter over :mod:`sakura_nexus.models` (WorldModel, OnlineLearner, checkpo
   version (a flat float32 vector, dense codec here; the sync node re-encodes, clips and privatises);
 - ``model_update`` (model_id ``world_model``, signed by a trusted fleet key and newer than the
   running version: :meth:`NexusNode.accept_model_update`) replaces the base weights between ticks and
-  resets the delta accounting; periodic atomic checkpoints in ``state_dir`` make restarts resume.
+  resets the delta accounting; periodic atomic checkpoints in ``state_dir`` make restarts resume;
+- record-level DP-SGD (``dp_noise_multiplier`` > 0, :class:`OnlineLearner`): every ``model_delta``
+  carries the record-level epsilon spent so far; the privacy ledger is written to
+  ``state_dir/privacy_ledger.json`` *before* each delta goes out, so a restart never forgets spent
+  privacy. With ``epsilon_budget`` > 0, once a step would exceed it learning stops, one last delta
+  flagged ``budget_exhausted`` goes out, and no further delta is published.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class WorldModelNode(NexusNode):
         self._predictions: deque = deque(maxlen=64)  # (t_target, z_pred) one model_dt ahead
         self._surprise = 0.0
         self._sequence = 0
+        self._final_delta_sent = False  # the budget-exhausted delta went out: no more deltas
         self._stop = threading.Event()
         self._learn_thread: threading.Thread | None = None
         self._pubs = {}
@@ -120,7 +126,9 @@ class WorldModelNode(NexusNode):
             self.get_logger().error(f"cannot load world-model checkpoint {p.checkpoint!r}: {e}")
             return TransitionCallbackReturn.FAILURE
         self._learner = OnlineLearner(ckpt.world_model, lr=p.learning_rate, buffer_size=p.buffer_size,
-                                      batch_size=p.batch_size, grad_clip=p.grad_clip)
+                                      batch_size=p.batch_size, grad_clip=p.grad_clip,
+                                      dp_noise_multiplier=p.dp_noise_multiplier, dp_clip_norm=p.dp_clip_norm,
+                                      dp_delta=p.dp_delta, dp_epsilon_budget=p.epsilon_budget)
         if p.state_dir:
             os.makedirs(p.state_dir, exist_ok=True)
             restored = self._learner.load_latest(p.state_dir)
@@ -132,6 +140,13 @@ class WorldModelNode(NexusNode):
                 self.diag.set("resumed_from", os.path.basename(restored["path"]))
                 if restored.get("skipped_corrupt"):
                     self.diag.count("corrupt_checkpoints_skipped", len(restored["skipped_corrupt"]))
+            ledger = self._read_ledger()
+            if ledger:
+                self._learner.restore_dp_ledger(ledger)
+        if self._learner.dp_enabled:
+            self.get_logger().info(f"record-level DP-SGD on: z={p.dp_noise_multiplier:g}, C={p.dp_clip_norm:g}, "
+                                   f"epsilon {self._learner.epsilon:.3g} spent of "
+                                   f"{p.epsilon_budget:g} (0 = no budget) at delta {p.dp_delta:g}")
         self._pubs["state"] = self.create_lifecycle_publisher(WorldState, "world_state", state_qos())
         self._pubs["delta"] = self.create_lifecycle_publisher(ModelDelta, "model_delta", state_qos())
         self.create_subscription(Observation, "observation", self._on_observation, state_qos())
@@ -169,6 +184,9 @@ class WorldModelNode(NexusNode):
     def _level(self):
         if self._learner is None:
             return ERROR, "no model"
+        if self._learner.budget_exhausted:
+            return WARN, (f"privacy budget spent (epsilon {self._learner.epsilon:.3g} of "
+                          f"{self.params.epsilon_budget:g}): learning stopped, no more deltas")
         c = self.diag.counters
         if c.get("dropped_misaligned", 0) > c.get("published", 0):
             return WARN, "most observations cannot be aligned with odometry"
@@ -328,14 +346,22 @@ class WorldModelNode(NexusNode):
                 self.diag.set("train_loss", round(loss, 5))
             st = self._learner.stats()
             self.diag.set("learning", json.dumps({k: st[k] for k in sorted(st)}))
+            if self._learner.dp_enabled:
+                self.diag.set("epsilon_spent", round(self._learner.epsilon, 4))
+                self.diag.set("epsilon_budget", self.params.epsilon_budget)
+                self.diag.set("budget_exhausted", self._learner.budget_exhausted)
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
     def _publish_delta(self) -> None:
         learner, pub = self._learner, self._pubs.get("delta")
         if learner is None or pub is None or not pub.is_activated:
             return
+        if self._final_delta_sent:
+            self.diag.count("deltas_withheld_budget")
+            return
         stats = learner.delta_stats()
-        if stats["sample_count"] == 0:
+        exhausted = learner.budget_exhausted
+        if stats["sample_count"] == 0 and not exhausted:
             return
         delta = learner.delta_since_base()
         if not np.all(np.isfinite(delta)):
@@ -343,6 +369,9 @@ class WorldModelNode(NexusNode):
             return
         self._sequence += 1
         self._write_sequence()
+        epsilon = learner.epsilon
+        if learner.dp_enabled:
+            self._write_ledger()  # before the delta leaves: a restart must not forget this release
         msg = ModelDelta()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.model_id = "world_model"
@@ -353,8 +382,17 @@ class WorldModelNode(NexusNode):
         msg.codec = codecs.codec_id(DELTA_CODEC)
         msg.payload = codecs.encode(delta, DELTA_CODEC)
         msg.l2_norm = float(np.linalg.norm(delta))
+        msg.epsilon_spent = float(epsilon)
+        msg.dp_delta = float(self.params.dp_delta)
+        msg.epsilon_budget = float(self.params.epsilon_budget)
+        msg.budget_exhausted = bool(exhausted)
         pub.publish(msg)
         self.diag.count("deltas_published")
+        if exhausted:
+            self._final_delta_sent = True
+            self.get_logger().warning(f"privacy budget spent: record-level epsilon {epsilon:.4g} of "
+                                      f"{self.params.epsilon_budget:g} (delta {self.params.dp_delta:g}); "
+                                      f"delta {self._sequence} is this robot's last, learning stopped")
         self.diag.set("delta_sequence", self._sequence)
 
     # The delta sequence number is persisted on its own (atomically, before the delta goes out), so a
@@ -369,6 +407,18 @@ class WorldModelNode(NexusNode):
     def _write_sequence(self) -> None:
         if self.params.state_dir:
             atomic_write(os.path.join(self.params.state_dir, "delta_sequence"), str(self._sequence).encode())
+
+    def _read_ledger(self) -> dict | None:
+        try:
+            with open(os.path.join(self.params.state_dir, "privacy_ledger.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _write_ledger(self) -> None:
+        if self.params.state_dir:
+            state = self._learner.dp_state()["ledger"]
+            atomic_write(os.path.join(self.params.state_dir, "privacy_ledger.json"), json.dumps(state).encode())
 
     def _checkpoint(self) -> None:
         if self._learner is None:
