@@ -74,7 +74,9 @@ class Rig:
         self._t = time.time_ns()
 
     def stamp(self):
-        self._t += 10_000_000
+        # unique, increasing and never ahead of the wall clock (the node drops stamps > 1 s ahead of
+        # its clock as a foreign clock: a burst of fuzz frames must not drift into that)
+        self._t = max(self._t + 1_000_000, time.time_ns())
         return self._t
 
     def embed(self, arr, encoding="rgb8", **kw):
