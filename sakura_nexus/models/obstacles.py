@@ -143,7 +143,7 @@ class ObstacleMemory:
     """Obstacle points seen by the camera, in the odom frame (see module docstring)."""
 
     def __init__(self, config: RangeConfig | None = None, memory_s: float = 20.0, clear_margin: float = 0.25,
-                 keep_radius: float = 4.0, max_points: int = 600, max_std: float = 0.6, add_range: float = 1.5,
+                 keep_radius: float = 4.0, max_points: int = 600, max_std: float = 0.6, add_range: float = 1.0,
                  moving_speed: float = 0.5, moving_memory_s: float = 4.0, step_dt: float = 0.1,
                  moving_margin: float = 0.5, confirm_radius: float = 0.15):
         self.cfg = config or RangeConfig()
