@@ -72,17 +72,17 @@ def test_obstacle_memory_keeps_unseen_points_and_clears_seen_through_ones():
     cfg = RangeConfig()
     mem = ObstacleMemory(cfg, memory_s=10.0)
     ranges = np.full(cfg.bins, cfg.max_range)
-    ranges[8] = 1.0                                           # something 1 m ahead, slightly left
+    ranges[8] = 0.8                                           # something 0.8 m ahead, slightly left
     mem.update((0.0, 0.0, 0.0), ranges, 0.0)
     assert len(mem) == 0                                      # one frame is not enough: confirmed by the next
     mem.update((0.0, 0.0, 0.0), ranges, 0.05)
     assert len(mem) == 1
     p = mem.points[0]
-    assert 1.0 < p[0] < 1.25 and abs(p[1]) < 0.1
+    assert 0.8 < p[0] < 1.05 and abs(p[1]) < 0.1
     # turned away: out of view, still remembered
     mem.update((0.0, 0.0, math.pi / 2), np.full(cfg.bins, cfg.max_range), 1.0)
     assert len(mem) == 1
-    assert float(mem.clearance(torch.tensor([[1.19, 0.0]]))[0]) < 0.1
+    assert float(mem.clearance(torch.tensor([[0.99, 0.0]]))[0]) < 0.1
     # facing it again and seeing free space through it: cleared
     mem.update((0.0, 0.0, 0.0), np.full(cfg.bins, cfg.max_range), 2.0)
     assert len(mem) == 0
@@ -102,7 +102,7 @@ def test_obstacle_memory_flags_what_appears_in_seen_free_space_as_moving():
     for k in range(6):                                         # 0.5 s of free view ahead
         mem.update((0.0, 0.0, 0.0), free, 0.1 * k)
     ranges = free.copy()
-    ranges[8] = 1.0                                            # then something is 1 m ahead
+    ranges[8] = 0.8                                            # then something is 0.8 m ahead
     mem.update((0.0, 0.0, 0.0), ranges, 0.6)
     mem.update((0.0, 0.0, 0.0), ranges, 0.7)
     assert len(mem) == 1 and mem.moving.all()
@@ -123,7 +123,7 @@ def test_obstacle_memory_marks_an_occupancy_grid():
     cfg = RangeConfig()
     mem = ObstacleMemory(cfg)
     ranges = np.full(cfg.bins, cfg.max_range)
-    ranges[7] = 1.0
+    ranges[7] = 0.8
     mem.update((0.0, 0.0, 0.0), ranges, 0.0)
     mem.update((0.0, 0.0, 0.0), ranges, 0.05)
     grid = mem.mark(np.zeros((40, 40), np.int16), 0.05, (0.0, -1.0))
