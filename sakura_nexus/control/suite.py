@@ -101,7 +101,13 @@ def make_task(condition: str, seed: int, episode: int):
 
     base = FactoryCell(_cell_config("nominal", seed), camera_width=16, camera_height=16)
     rng = np.random.default_rng(np.random.SeedSequence([seed, episode, 13]))
-    start, goal, blocked = sample_task(base, rng, 2.5)
+    for min_distance in (2.5, 2.0, 1.5):        # a tight layout may have no 2.5 m pair: shorter, same seed
+        try:
+            start, goal, blocked = sample_task(base, rng, min_distance)
+            break
+        except RuntimeError:
+            if min_distance == 1.5:
+                raise
     obstacles, size = list(base.layout), base.size[0]
     base.close()
     extra, mover = [], None
