@@ -11,5 +11,6 @@ if [ ! -d "$snap/sakura_nexus" ]; then
   git -C "$root" archive "$rev" sakura_nexus models | tar -x -C "$snap"
 fi
 cd "$root"
-export PYTHONPATH="$snap" MUJOCO_GL=egl PYOPENGL_PLATFORM=egl SAKURA_NEXUS_MODELS="$snap/models"
+# PYTHONSAFEPATH: the working directory (this checkout) must not shadow the snapshot
+export PYTHONPATH="$snap" PYTHONSAFEPATH=1 MUJOCO_GL=egl PYOPENGL_PLATFORM=egl SAKURA_NEXUS_MODELS="$snap/models"
 exec "$root/.venv/bin/python" -m sakura_nexus evaluate "$@"

@@ -101,12 +101,13 @@ def make_task(condition: str, seed: int, episode: int):
 
     base = FactoryCell(_cell_config("nominal", seed), camera_width=16, camera_height=16)
     rng = np.random.default_rng(np.random.SeedSequence([seed, episode, 13]))
-    for min_distance in (2.5, 2.0, 1.5):        # a tight layout may have no 2.5 m pair: shorter, same seed
+    # a tight layout may have no 2.5 m pair with 0.4 m clearance: shorter, then closer to things
+    for min_distance, clearance in ((2.5, 0.4), (2.0, 0.4), (2.0, 0.25), (1.5, 0.15)):
         try:
-            start, goal, blocked = sample_task(base, rng, min_distance)
+            start, goal, blocked = sample_task(base, rng, min_distance, clearance=clearance)
             break
         except RuntimeError:
-            if min_distance == 1.5:
+            if clearance == 0.15:
                 raise
     obstacles, size = list(base.layout), base.size[0]
     base.close()
