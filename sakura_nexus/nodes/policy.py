@@ -82,6 +82,7 @@ class PolicyNode(NexusNode):
         self._grid = None                        # (int16 grid, resolution, origin) of the map
         self._target = (0.0, 0.0)
         self._sent = (0.0, 0.0)                  # the last command that left the safety layer
+        self._halted = False                     # deactivating: zeros only
         self._last_pub = -math.inf               # node-clock time of the last cmd_vel
         self._callback_t0 = 0.0                  # perf_counter() at the start of the world_state callback
         self._goal_reached = False
@@ -183,8 +184,15 @@ class PolicyNode(NexusNode):
         self._ctg_request.set()
         return super().on_cleanup(state)
 
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._halted = False
+        return super().on_activate(state)
+
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        # The final zero goes out BEFORE the publisher is deactivated, or it would be dropped.
+        # From here on only zeros go out (a plan or timer callback still running on another executor
+        # thread must not send a command after the final zero); the final zero goes out BEFORE the
+        # publisher is deactivated, or it would be dropped.
+        self._halted = True
         self._publish(0.0, 0.0, None)
         self.get_logger().info("deactivating: published zero cmd_vel")
         return super().on_deactivate(state)
@@ -506,6 +514,8 @@ class PolicyNode(NexusNode):
     def _publish(self, v: float, w: float, stamp) -> None:
         if self._pub is None:
             return
+        if self._halted:
+            v = w = 0.0
         twist = Twist()
         twist.linear.x, twist.angular.z = float(v), float(w)
         if self.params.twist_stamped:
