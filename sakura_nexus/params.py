@@ -263,8 +263,8 @@ POLICY = NodeSchema(
           0.5, 600.0),
         P("controller", str, "learned_mpc", "mpc = MPPI in the latent world model; learned_mpc = MPPI on the "
           "unicycle prior with the online-learned velocity residual, avoiding what the camera's range head "
-          "saw (Observation.free_range); kinematic_mpc = the same MPPI, critics and safety layer on a plain unicycle (the "
-          "baseline a Nav2 user would pick); go_to_goal = proportional baseline ignoring the model. "
+          "saw (Observation.free_range); kinematic_mpc = the same MPPI, critics and safety layer on a plain "
+          "unicycle (the baseline a Nav2 user would pick); go_to_goal = proportional baseline ignoring the model. "
           "Default: what docs/evaluation.md shows is best.", "",
           choices=("mpc", "learned_mpc", "kinematic_mpc", "go_to_goal")),
         P("control_rate", float, 20.0, "Rate of the cmd_vel timer.", "Hz", 1.0, 200.0, read_only=True),
