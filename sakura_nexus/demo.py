@@ -590,8 +590,10 @@ class Pipeline:
 
         if not rclpy.ok():
             # this process' mission node joins the children's domain
+            # (the profile under the name(s) the installed Fast DDS reads: only those are in env)
             os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                                        *bringup.FASTDDS_PROFILE_VARS, "RMW_IMPLEMENTATION")})
+                                                        *bringup.FASTDDS_PROFILE_VARS, "RMW_IMPLEMENTATION")
+                               if k in self.env})
             rclpy.init()
             self._own_rclpy = True
         elif os.environ.get("ROS_DOMAIN_ID") != self.env["ROS_DOMAIN_ID"]:

@@ -488,8 +488,9 @@ def plot(doc: dict, path: pathlib.Path) -> None:
         ax.set_xticks(x, conds, rotation=20, fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(f"{t}, held-out layouts {doc['held_out_layouts']}", fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(kinds), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
