@@ -29,7 +29,7 @@ from .safety import SafetyLayer, SafetyLimits, goal_reached
 from .standin import ROBOT_RADIUS, segment_blocked
 
 __all__ = ["ControlOutput", "Controller", "EpisodeResult", "GoToGoalController", "LatentMPCController",
-           "Observation", "StateMPCController", "evaluate", "run_episode", "sample_task"]
+           "Observation", "StateMPCController", "control_step", "evaluate", "run_episode", "sample_task"]
 
 
 @dataclass
@@ -168,6 +168,24 @@ class EpisodeResult:
         return self.reached and not self.collided
 
 
+def control_step(cell, controller, safety: SafetyLayer, goal, t: float, cmd, plan_ms: list,
+                 reasons: Counter) -> tuple[float, float]:
+    """One control step: observe (render only for controllers with ``needs_image``), act, filter through
+    the safety layer (input fresh: computed now). Appends the controller's plan time to ``plan_ms`` and
+    the safety reasons to ``reasons``; returns the safe command ``(v, w)``."""
+    img = None
+    if getattr(controller, "needs_image", False):
+        w, h = getattr(controller, "image_size", (64, 64))
+        img = cell.render(w, h)
+    out = controller.act(Observation(tuple(cell.pose), tuple(cell.velocity), t, tuple(goal), img, cmd))
+    if "plan_ms" in out.info:
+        plan_ms.append(out.info["plan_ms"])
+    now = cell.time
+    safe = safety.filter(out.v, out.w, now, now, out.uncertainty, out.collision_risk, False)
+    reasons.update(safe.reasons)
+    return safe.v, safe.w
+
+
 def run_episode(cell, controller, start, goal, max_time: float = 60.0, dt: float = 0.1,
                 limits: SafetyLimits | None = None, stop_on_collision: bool = True,
                 safety: SafetyLayer | None = None) -> EpisodeResult:
@@ -196,19 +214,8 @@ def run_episode(cell, controller, start, goal, max_time: float = 60.0, dt: float
         if goal_reached(pose, goal, limits):
             reached = True
             break
-        img = None
-        if getattr(controller, "needs_image", False):
-            w, h = getattr(controller, "image_size", (64, 64))
-            img = cell.render(w, h)
-        obs = Observation(tuple(pose), tuple(cell.velocity), cell.time, tuple(goal), img, cmd)
-        out = controller.act(obs)
-        if "plan_ms" in out.info:
-            plan_ms.append(out.info["plan_ms"])
-        now = cell.time
-        safe = safety.filter(out.v, out.w, now, now, out.uncertainty, out.collision_risk, False)
-        reasons.update(safe.reasons)
-        cmd = (safe.v, safe.w)
-        res = cell.step(safe.v, safe.w, dt)
+        cmd = control_step(cell, controller, safety, goal, cell.time, cmd, plan_ms, reasons)
+        res = cell.step(cmd[0], cmd[1], dt)
         steps += 1
         path.append(tuple(res.pose))
         if res.collided:

@@ -166,7 +166,7 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
     clearance bookkeeping and the executed trajectory for the tracking error)."""
     from sakura_nexus.sim.layout import free_distance
 
-    from .episode import Observation
+    from .episode import control_step
     from .safety import SafetyLayer, SafetyLimits, goal_reached
 
     limits = limits or SafetyLimits(control_period=dt)
@@ -190,17 +190,10 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
         if goal_reached(pose, goal, limits):
             reached = True
             break
-        img = cell.render(64, 64) if getattr(controller, "needs_image", False) else None
-        out = controller.act(Observation(tuple(pose), tuple(cell.velocity), cell.time - t0, tuple(goal), img, cmd))
-        if "plan_ms" in out.info:
-            plan_ms.append(out.info["plan_ms"])
-        now = cell.time
-        safe = safety.filter(out.v, out.w, now, now, out.uncertainty, out.collision_risk, False)
-        reasons.update(safe.reasons)
-        cmd = (safe.v, safe.w)
+        cmd = control_step(cell, controller, safety, goal, cell.time - t0, cmd, plan_ms, reasons)
         if mover is not None:
             cell.set_mover(*_mover_xy(mover, cell.time - t0 + dt))
-        res = cell.step(safe.v, safe.w, dt)
+        res = cell.step(cmd[0], cmd[1], dt)
         poses.append(tuple(res.pose))
         vels.append(tuple(cell.velocity))
         cmds.append(cmd)

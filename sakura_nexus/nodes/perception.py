@@ -181,11 +181,7 @@ class PerceptionNode(NexusNode):
         except vision.ImageError as e:
             self.drop(e.reason, str(e))
             return
-        with self._slot_lock:
-            if self._slot is not None:
-                self.diag.count("skipped_latest_wins")
-            self._slot = msg
-            self._slot_lock.notify()
+        self._hand_off(msg)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         self.diag.count("received")
@@ -194,6 +190,10 @@ class PerceptionNode(NexusNode):
         except vision.ImageError as e:
             self.drop(e.reason, str(e))
             return
+        self._hand_off(msg)
+
+    def _hand_off(self, msg) -> None:
+        """To the inference thread: the latest frame wins (one that was still waiting is counted)."""
         with self._slot_lock:
             if self._slot is not None:
                 self.diag.count("skipped_latest_wins")
