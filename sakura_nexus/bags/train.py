@@ -144,12 +144,12 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
     from sakura_nexus.models.serialization import atomic_write
     from sakura_nexus.models.training import (
         TrainConfig,
-        _progress_bar,
         _Timer,
         _Trainer,
         git_revision,
         model_payloads,
         plot_losses,
+        run_stages,
     )
 
     if not cfg.bags:
@@ -196,12 +196,7 @@ def train_from_bags(cfg: BagTrainConfig) -> dict:
         if shipped is not None and cfg.decoder_warmup:
             with timer("decoder_warmup"):
                 warm_up_decoder(trainer, cfg.decoder_warmup)
-        with _progress_bar(tcfg.joint_iters + tcfg.wm_iters, cfg.progress) as bar:
-            with timer("joint"):
-                trainer.stage_joint(bar)
-            with timer("dynamics"):
-                trainer.stage_dynamics(bar)
-        enc, wm = trainer.encoder.eval(), trainer.model.eval()
+        enc, wm = run_stages(trainer, tcfg, timer)
         with timer("evaluate_after"):
             metrics["after"] = evaluate(enc, wm, test_data, tcfg.eval_horizon, reference=train_data)
     finally:

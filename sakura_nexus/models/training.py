@@ -243,6 +243,17 @@ class _Trainer:
         self.model.eval()
 
 
+def run_stages(trainer, cfg, timer):
+    """The joint (encoder + model) stage, then the dynamics stage, under one progress bar; returns the
+    trained (encoder, world model) in eval mode. Shared by sim training and ``train --bag``."""
+    with _progress_bar(cfg.joint_iters + cfg.wm_iters, cfg.progress) as bar:
+        with timer("joint"):
+            trainer.stage_joint(bar)
+        with timer("dynamics"):
+            trainer.stage_dynamics(bar)
+    return trainer.encoder.eval(), trainer.model.eval()
+
+
 def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -332,12 +343,7 @@ def train(config: TrainConfig | None = None) -> dict:
         with timer("collect"):
             train_data, test_data = collect_datasets(cfg)
         trainer = _Trainer(cfg, train_data)
-        with _progress_bar(cfg.joint_iters + cfg.wm_iters, cfg.progress) as bar:
-            with timer("joint"):
-                trainer.stage_joint(bar)
-            with timer("dynamics"):
-                trainer.stage_dynamics(bar)
-        enc, wm = trainer.encoder.eval(), trainer.model.eval()
+        enc, wm = run_stages(trainer, cfg, timer)
         with timer("evaluate"):
             metrics = evaluate(enc, wm, test_data, cfg.eval_horizon, reference=train_data)
             on_train = evaluate(enc, wm, train_data, cfg.eval_horizon)
