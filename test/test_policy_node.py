@@ -38,7 +38,7 @@ class Rig:
             (time.monotonic(), m.linear.x, m.angular.z)), 100)
         self.ws_pub = ros_node.create_publisher(WorldState, "world_state", 10)
         self.odom_pub = ros_node.create_publisher(Odometry, "odom", 10)
-        self.goal_pub = ros_node.create_publisher(PoseStamped, "goal_pose", 10)
+        self.goal_pub = ros_node.create_publisher(PoseStamped, "goal_pose", 1000)
         self.estop_pub = ros_node.create_publisher(Bool, "e_stop", 10)
         self.proc = NodeProcess("policy", {"controller": "go_to_goal", **params})
         for topic in ("world_state", "goal_pose", "e_stop", "odom"):
@@ -235,12 +235,16 @@ def test_log_flood_absurd_goals_and_signed_updates(ros_node, wm_file, tmp_path):
 
         def refused():
             kv = diag_values(diags, "policy_node")
-            # DDS drops some when the node falls behind a depth-10 queue on a loaded 2-core VM (measured 965-1001)
-            return int(kv.get("dropped_goal_absurd", 0)) >= 900 and kv.get("dropped_goal_nan") == "2" \
-                and kv.get("goals_accepted") == "1"
+            return kv.get("dropped_goal_nan") == "2" and kv.get("goals_accepted") == "1"
 
         assert wait_for(refused, 10), (diag_values(diags, "policy_node"), rig.proc.output()[-2000:])
-        time.sleep(1.5)  # the counter is final
+        time.sleep(1.5)  # the counters are final
+        kv = diag_values(diags, "policy_node")
+        received, absurd = int(kv.get("goals_received", 0)), int(kv.get("dropped_goal_absurd", 0))
+        # every goal that reached the node is accounted for by reason; DDS itself loses some when the
+        # node's depth-10 queue falls behind on a loaded 2-core VM (seen: 570-1001 of 1,001 delivered)
+        assert absurd + 2 + 1 == received, kv
+        assert received >= 500, kv
         lines = [ln for ln in rig.proc.output().splitlines() if "(goal_absurd)" in ln]
         print(f"\nFLOOD: 1,000 absurd goals (+1 non-unit quaternion) in {t_flood:.2f} s; counted "
               f"{diag_values(diags, 'policy_node').get('dropped_goal_absurd')}; {len(lines)} log lines of that reason")

@@ -207,6 +207,7 @@ class PolicyNode(NexusNode):
 
     # --- inputs -----------------------------------------------------------------------------
     def _on_goal(self, msg: PoseStamped) -> None:
+        self.diag.count("goals_received")   # = goals_accepted + the goal drops, by reason
         frame = self.params.odom_frame
         if msg.header.frame_id != frame:
             self.diag.count("goals_refused")
