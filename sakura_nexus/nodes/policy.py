@@ -165,7 +165,8 @@ class PolicyNode(NexusNode):
         self.create_subscription(WorldState, "world_state", self._on_world_state, state_qos(1),
                                  callback_group=plan_group)
         self.create_subscription(Odometry, "odom", self._on_odom, state_qos())
-        self.create_subscription(PoseStamped, "goal_pose", self._on_goal, state_qos())
+        # goals are rare, but a burst (a mission script, or a flood) must be counted, not lost in DDS
+        self.create_subscription(PoseStamped, "goal_pose", self._on_goal, state_qos(100))
         self.create_subscription(Bool, "e_stop", self._on_estop, state_qos())
         self.create_subscription(ModelUpdate, "model_update", self._on_model_update, model_qos())
         self.create_subscription(OccupancyGrid, "map", self._on_map, model_qos())
