@@ -474,6 +474,57 @@ class FedBuffAggregator:
         self._persist()
         return SubmitResult("accepted", "", new_version, s.version, staleness, w)
 
+    def apply_secure_mean(self, update: np.ndarray, contributions: list[tuple[str, list[tuple[int, int]]]],
+                          *, samples: int = 0) -> int | None:
+        """Secure mode (SecAgg+, ``flower_app.SecureServerLoop``): apply the mean over a group of robots
+        of their deltas, unmasked by the protocol as one vector, ``x <- x + eta * update``. The
+        aggregator never holds a robot's own vector, so nothing per robot is buffered or persisted:
+        ``contributions`` is only the metadata, (robot, its delta sequence ranges in the sum), entered in
+        the de-dup table. Returns the new version, or None (counted) when the update is refused: wrong
+        shape, non-finite, a range already applied (the sum cannot be taken apart, so the whole group is
+        dropped; the robots resend), or DP configured (central DP needs per-robot clipping)."""
+        with self._lock:
+            s = self._s
+            u = np.asarray(update, np.float32).ravel()
+            reason = None
+            if self.dp is not None:
+                reason = "dp"
+            elif u.size != s.model.size:
+                reason = "shape"
+            elif not np.all(np.isfinite(u)):
+                reason = "nonfinite"
+            elif any(s.seen.overlap(r, f, q) for r, ranges in contributions for f, q in ranges):
+                reason = "overlap"
+            if reason is not None:
+                self._count("secure_refused")
+                self._count(f"secure_refused_{reason}")
+                self._persist()
+                return None
+            new_model = (s.model + np.float32(self.config.server_lr) * u).astype(np.float32)
+            if self.store is not None and self.config.keep_versions > 0:
+                s.history.append((s.version, self.store.put_array(s.model)))
+                s.history = s.history[-self.config.keep_versions:]
+            s.model = new_model
+            s.version += 1
+            robots = sorted({check_robot_id(r) for r, _ in contributions})
+            n_deltas = 0
+            for r, ranges in contributions:
+                rob = s.robots.setdefault(r, {"accepted": 0})
+                rob["last_seen"] = time.time()
+                for f, q in ranges:
+                    s.seen.add(r, f, q)
+                    rob["last_seq"] = max(int(rob.get("last_seq", 0)), int(q))
+                    n_deltas += int(q) - int(f) + 1
+                rob["accepted"] = int(rob.get("accepted", 0)) + len(ranges)
+            s.last_aggregation = {"version": s.version, "time": time.time(), "secure": True,
+                                  "group": len(contributions), "deltas": n_deltas, "robots": robots,
+                                  "samples": int(samples), "update_norm": l2norm(u)}
+            self._count("aggregations")
+            self._count("secure_aggregations")
+            self._count("accepted_deltas", n_deltas)
+            self._persist()
+            return s.version
+
     def flush(self) -> int | None:
         """Aggregate whatever is buffered now (e.g. on shutdown of a simulation). Returns new version."""
         with self._lock:

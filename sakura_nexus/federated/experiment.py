@@ -106,6 +106,13 @@ class ExperimentConfig:
     dpsgd_epsilon: float = 8.0
     dpsgd_clip: float = 1.0  # per-sample gradient L2 clip
     dpsgd_noise: float | None = None  # None: from dpsgd_epsilon (privacy.noise_for_epsilon)
+    # what DP-SGD fine-tunes (OnlineLearner trainable; the shipped model is public pretraining, and the
+    # noise norm grows as sqrt(trained coordinates)), its lr (None: lr) and expected batch (q = batch / n)
+    dpsgd_trainable: str = "dynamics"
+    dpsgd_lr: float | None = None
+    dpsgd_batch_size: int | None = None  # None: batch_size
+    dpsgd_tie_members: bool = False  # one DP update shared by the ensemble members (OnlineLearner)
+    dpsgd_local_steps: int | None = None  # DP-SGD steps per site per round (None: local_steps)
     seed: int = 0
     data_seed: int = 7
     sites: list[SiteSpec] = field(default_factory=default_sites)
@@ -194,24 +201,37 @@ def build_data(cfg: ExperimentConfig, encoder, encoder_sha: str, cache_dir: str 
 # --------------------------------------------------------------------------- learners and metric
 
 
-def lr_at(cfg: ExperimentConfig, rnd: int) -> float:
-    """Learning rate of round ``rnd`` (0-based), the same for every method."""
+def _dp_steps(cfg: ExperimentConfig) -> int:
+    return cfg.dpsgd_local_steps or cfg.local_steps
+
+
+def _dp_lr(cfg: ExperimentConfig) -> float:
+    return cfg.dpsgd_lr if cfg.dpsgd_lr is not None else cfg.lr
+
+
+def lr_at(cfg: ExperimentConfig, rnd: int, dp: bool = False) -> float:
+    """Learning rate of round ``rnd`` (0-based), the same schedule for every method (DP-SGD from
+    ``dpsgd_lr``, tuned separately on validation)."""
+    lr = _dp_lr(cfg) if dp else cfg.lr
     if cfg.lr_schedule == "constant" or cfg.rounds <= 1:
-        return cfg.lr
+        return lr
     if cfg.lr_schedule != "cosine":
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}")
     frac = rnd / (cfg.rounds - 1)
-    return cfg.lr * (cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+    return lr * (cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 def _make_learner(base_model, cfg: ExperimentConfig, transitions: list[dict], seed: int, dp_noise: float = 0.0):
     from sakura_nexus.models.online import OnlineLearner, Transition
 
     n = sum(len(t["action"]) for t in transitions)
-    learner = OnlineLearner(copy.deepcopy(base_model), lr=cfg.lr, buffer_size=n, batch_size=cfg.batch_size,
-                            grad_clip=cfg.grad_clip, trainable=cfg.trainable, min_samples=cfg.batch_size,
+    dp = dp_noise > 0
+    batch = (cfg.dpsgd_batch_size or cfg.batch_size) if dp else cfg.batch_size
+    learner = OnlineLearner(copy.deepcopy(base_model), lr=_dp_lr(cfg) if dp else cfg.lr, buffer_size=n,
+                            batch_size=batch, grad_clip=cfg.grad_clip,
+                            trainable=cfg.dpsgd_trainable if dp else cfg.trainable, min_samples=batch,
                             seed=seed, dp_noise_multiplier=dp_noise, dp_clip_norm=cfg.dpsgd_clip,
-                            dp_delta=cfg.dp_delta)
+                            dp_delta=cfg.dp_delta, dp_tie_members=cfg.dpsgd_tie_members)
     for t in transitions:
         for j in range(len(t["action"])):
             learner.add(Transition(t["embedding"][j], t["proprio"][j], t["action"][j], t["next_embedding"][j],
@@ -425,8 +445,9 @@ class _Runner:
         cfg = self.cfg
         if cfg.dpsgd_noise is not None:
             return float(cfg.dpsgd_noise)
-        q = max(_round_up_2sig(cfg.batch_size / len(t["action"])) for t in self.data["train"])
-        return noise_for_epsilon(cfg.dpsgd_epsilon, q, cfg.rounds * cfg.local_steps, cfg.dp_delta)
+        q = max(_round_up_2sig((cfg.dpsgd_batch_size or cfg.batch_size) / len(t["action"]))
+                for t in self.data["train"])
+        return noise_for_epsilon(cfg.dpsgd_epsilon, q, cfg.rounds * _dp_steps(cfg), cfg.dp_delta)
 
     def fedavg(self) -> dict:
         from .weights import vector_to_payload, world_model_vector
@@ -493,8 +514,8 @@ class _Runner:
         for rnd in range(cfg.rounds):
             seq += 1
             for i, L in enumerate(learners):
-                L.set_lr(lr_at(cfg, rnd))
-                self._steps(L, cfg.local_steps)
+                L.set_lr(lr_at(cfg, rnd, dp=dpsgd))
+                self._steps(L, _dp_steps(cfg) if dpsgd else cfg.local_steps)
                 st = L.delta_stats()
                 delta = L.delta_since_base()[mask]
                 norms.append(l2norm(delta))

@@ -39,7 +39,8 @@ from .spool import Spool
 
 LOG = logging.getLogger("sakura_nexus.federated")
 
-__all__ = ["ServerOptions", "client_app", "handle_sync", "server_app", "FedBuffServerLoop"]
+__all__ = ["ServerOptions", "client_app", "handle_sync", "server_app", "FedBuffServerLoop", "SecureServerLoop",
+           "secure_client_app", "secure_contribution", "secure_server_app"]
 
 
 # --------------------------------------------------------------------------- record conversion
@@ -142,6 +143,12 @@ class ServerOptions:
     status_interval_s: float = 1.0
     lock_timeout_s: float = 60.0
     signing_key: str = ""  # Ed25519 private key (PEM) that signs every global model sent down
+    # secure mode (secure_server_app, SecAgg+): synchronous rounds over the connected SuperNodes
+    secure_min_nodes: int = 3  # start a round only with at least this many SuperNodes connected
+    secure_min_group: int = 2  # SecAgg+ reconstruction threshold: no sum of fewer robots is ever unmasked
+    secure_clipping_range: float = 1.0  # every delta coordinate is clipped to +-this before quantisation
+    secure_quantization_range: int = 1 << 22  # quantisation levels over [-range, range]
+    secure_timeout_s: float = 30.0  # per protocol stage: robots that have not answered by then dropped out
 
     @classmethod
     def from_run_config(cls, rc: dict) -> ServerOptions:
@@ -386,3 +393,323 @@ def _server_main(grid: Grid, context: Context) -> None:
         agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir,
                                 initial_version=int(rc.get("init-version", 0) or 0))
         FedBuffServerLoop(grid, agg, opts).run()
+
+
+# --------------------------------------------------------------------------- secure mode (SecAgg+)
+#
+# The operator switches it on with `sakura-nexus aggregator --secure-aggregation`: the FAB then names
+# secure_server_app / secure_client_app. Rounds are synchronous: every round samples all connected
+# SuperNodes, each robot answers with the SUM of its unacknowledged spooled deltas (decoded to a dense
+# float vector), and Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod) masks the vectors so that
+# the ServerApp only ever unmasks their mean over the robots that completed the round (at least
+# secure-min-group of them). Robots that drop out mid-round are recovered by the protocol (their
+# pairwise masks are reconstructed from the others' shares); their deltas stay in their spools and go
+# into a later round. Per robot, only metadata reaches the aggregator in the clear: robot id, sequence
+# ranges in the sum, counts. See docs/federated.md ("Secure aggregation").
+
+SECURE_WEIGHT = 1  # every participant counts once: the unmasked vector is the mean over the group
+
+
+def secure_contribution(spool: Spool, robot_id: str | None, size: int, clip: float,
+                        max_batch: int = 1 << 30) -> tuple[str, np.ndarray, list, dict]:
+    """Robot side of a secure round (Flower-free): the sum of the robot's unacknowledged deltas as one
+    dense float32 vector of ``size``, every coordinate clipped to ``+-clip`` (SecAgg+ quantises within
+    that range); a robot with nothing pending sends zeros. Returns (robot_id, vector, entries, info)."""
+    from .codecs import decode
+
+    pending = spool.pending(robot_id)
+    rid = robot_id or (pending[0].robot_id if pending else "")
+    pending = [e for e in pending if e.robot_id == rid][:max_batch]
+    vec = np.zeros(int(size), np.float64)
+    used, samples = [], 0
+    for e in pending:
+        try:
+            d = decode(spool.read(e))
+        except (OSError, ValueError, RuntimeError):  # vanished (acked meanwhile) or corrupt entry
+            continue
+        if d.size != vec.size or not np.all(np.isfinite(d)):
+            LOG.warning("secure round: spooled delta %s:%d has %d values (model %d) or is not finite; skipped",
+                        e.robot_id, e.seq, d.size, vec.size)
+            continue
+        vec += d
+        used.append(e)
+        samples += int(e.sample_count)
+    clipped = int(np.count_nonzero(np.abs(vec) > clip))
+    vec = np.clip(vec, -clip, clip).astype(np.float32)
+    return rid, vec, used, {"deltas": len(used), "samples": samples, "clipped": clipped}
+
+
+def _ranges(entries) -> str:
+    return ",".join(f"{e.seq_first}-{e.seq}" for e in entries)
+
+
+def _parse_ranges(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in str(text or "").split(","):
+        if part:
+            a, _, b = part.partition("-")
+            out.append((int(a), int(b)))
+    return out
+
+
+def _secure_client_fn(context: Context):
+    from flwr.client import NumPyClient
+
+    spool_dir = _cfg(context, "spool-dir")
+    if not spool_dir:
+        raise RuntimeError("node_config 'spool-dir' is not set")
+    robot_id = _cfg(context, "robot-id") or None
+    audit_dir = _cfg(context, "egress-audit-dir")
+
+    class _Robot(NumPyClient):
+        def fit(self, parameters, config):
+            spool = Spool(str(spool_dir))
+            acks = [a for a in str(config.get("acks", "")).split(",") if a]
+            if acks:  # the deltas of our last completed round: applied, drop them before summing the rest
+                spool.ack([parse_ack(a) for a in acks])
+            payload = config.get("model-payload")
+            model_id = str(config.get("model-id", "world_model"))
+            if payload:
+                spool.inbox.put(int(config["model-version"]), bytes(payload), model_id=model_id,
+                                meta={"key_id": str(config.get("model-key-id", "")),
+                                      "signature": bytes(config.get("model-signature", b"")).hex()})
+            rid, vec, used, info = secure_contribution(spool, robot_id, int(config["model-size"]),
+                                                       float(config["clip"]), int(config.get("max-batch", 1 << 30)))
+            if used:
+                spool.mark_sent(used)
+            spool.record_sync(bytes_sent=4 * vec.size, bytes_received=len(payload or b""),
+                              global_version=int(config.get("global-version", 0)))
+            metrics = {"robot-id": rid, "ranges": _ranges(used), "deltas": info["deltas"],
+                       "samples": info["samples"], "clipped": info["clipped"],
+                       "have-version": spool.inbox.latest_version(model_id),
+                       "spool-pending": len(spool.pending(robot_id))}
+            if audit_dir:  # what leaves the robot besides the masked vector (the vector itself never in clear)
+                write_audit(str(audit_dir), {"secure_metrics": dict(metrics)}, rid)
+            return [vec], SECURE_WEIGHT, metrics
+
+    return _Robot().to_client()
+
+
+def _make_secure_client_app():
+    from flwr.client.mod import secaggplus_mod
+
+    return ClientApp(client_fn=_secure_client_fn, mods=[secaggplus_mod])
+
+
+secure_client_app = _make_secure_client_app()
+
+
+@dataclass
+class _SecNode:
+    robot: str = ""
+    have_version: int = -1
+    acks: list[str] = field(default_factory=list)
+
+
+class SecureServerLoop:
+    """Synchronous SecAgg+ rounds over a Flower ``Grid`` (see the section comment above)."""
+
+    def __init__(self, grid: Grid, agg: FedBuffAggregator, opts: ServerOptions, context: Context):
+        from flwr.server import ServerConfig
+        from flwr.server.compat import LegacyContext
+        if agg.dp is not None:
+            raise ValueError("secure aggregation and central DP (dp-noise-multiplier > 0) are exclusive: "
+                             "central DP clips each robot's delta, which the aggregator never sees")
+        if opts.secure_min_group < 2 or opts.secure_min_nodes < opts.secure_min_group:
+            raise ValueError("secure-min-group >= 2 and secure-min-nodes >= secure-min-group")
+        self.grid, self.agg, self.opts = grid, agg, opts
+        self.nodes: dict[int, _SecNode] = {}
+        self.stats = {"rounds": 0, "rounds_applied": 0, "rounds_halted": 0, "rounds_refused": 0,
+                      "dropouts": 0, "last_round_group": 0, "loop_errors": 0}
+        self.started = time.time()
+        self._sampled: list[int] = []
+        self._done = False
+        self.signer = None
+        if opts.signing_key:
+            from .signing import Signer
+
+            self.signer = Signer.load(opts.signing_key)
+        self._signature: tuple[int, bytes] | None = None
+        self.workflow = _secaggplus_workflow()(num_shares=1.0, reconstruction_threshold=int(opts.secure_min_group),
+                                           max_weight=float(SECURE_WEIGHT),
+                                           clipping_range=float(opts.secure_clipping_range),
+                                           quantization_range=int(opts.secure_quantization_range),
+                                           timeout=float(opts.secure_timeout_s))
+        self.ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=_SecureStrategy(self))
+
+    stop_requested = FedBuffServerLoop.stop_requested
+    _sign = FedBuffServerLoop._sign
+
+    def run(self, max_consecutive_errors: int = 20) -> None:
+        from flwr.app import ArrayRecord
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        LOG.info("secure aggregation (SecAgg+) loop started at version %d: min nodes %d, min group %d, "
+                 "clip +-%g, stage timeout %.0f s", self.agg.version, self.opts.secure_min_nodes,
+                 self.opts.secure_min_group, self.opts.secure_clipping_range, self.opts.secure_timeout_s)
+        cfg = ConfigRecord({Key.START_TIME: time.time()})
+        self.ctx.state.config_records[MAIN_CONFIGS_RECORD] = cfg
+        self.ctx.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()  # the model travels in FitIns.config
+        errors, rnd = 0, 0
+        while not self.stop_requested():
+            self.write_status()
+            try:
+                ids = sorted(self.grid.get_node_ids())
+                if len(ids) < self.opts.secure_min_nodes:
+                    time.sleep(self.opts.nodes_poll_s)
+                    continue
+                rnd += 1
+                cfg[Key.CURRENT_ROUND] = rnd
+                self._sampled, self._done = ids, False
+                self.stats["rounds"] += 1
+                LOG.info("secure round %d: %d SuperNodes", rnd, len(ids))
+                self.workflow(self.grid, self.ctx)
+                self.write_status()
+                if not self._done:  # SecAgg+ halted (too few robots left to unmask): nothing was learned
+                    self.stats["rounds_halted"] += 1
+                    LOG.warning("secure round %d halted by SecAgg+ (fewer than %d robots left)", rnd,
+                                self.opts.secure_min_group)
+                errors = 0
+            except Exception as e:  # transient SuperLink trouble: log, back off, give up if it persists
+                errors += 1
+                self.stats["loop_errors"] += 1
+                LOG.warning("secure round failed (%d in a row): %r", errors, e)
+                if errors >= max_consecutive_errors:
+                    self.write_status(state="failed")
+                    raise
+                time.sleep(min(10.0, 0.5 * errors))
+            time.sleep(self.opts.sync_interval_s)
+        self.write_status(state="stopped")
+        LOG.info("secure aggregation loop stopped at version %d", self.agg.version)
+
+    def configure(self, server_round: int) -> list:
+        from flwr.common import FitIns, Parameters
+        from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+        v = self.agg.version
+        out = []
+        for nid in self._sampled:
+            node = self.nodes.setdefault(nid, _SecNode())
+            conf = {"round": int(server_round), "global-version": int(v), "model-id": self.opts.model_id,
+                    "model-size": int(self.agg.size), "clip": float(self.opts.secure_clipping_range),
+                    "max-batch": int(self.opts.max_batch), "acks": ",".join(node.acks)}
+            if node.have_version < v:
+                payload = self.agg.model_payload(self.opts.model_codec)
+                conf.update({"model-version": int(v), "model-payload": payload})
+                if self.signer is not None:
+                    conf.update({"model-key-id": self.signer.key_id, "model-signature": self._sign(v, payload)})
+            out.append((GridClientProxy(node_id=nid, grid=self.grid, run_id=self.grid.run.run_id),
+                        FitIns(Parameters(tensors=[], tensor_type="numpy.ndarray"), conf)))
+        return out
+
+    def aggregate(self, server_round: int, results: list, failures: list):
+        from flwr.common import parameters_to_ndarrays
+
+        self._done = True
+        contributions, samples = [], 0
+        for proxy, fitres in results:
+            m = fitres.metrics
+            node = self.nodes.setdefault(proxy.node_id, _SecNode())
+            node.robot = str(m.get("robot-id", ""))
+            node.have_version = int(m.get("have-version", -1))
+            node.acks = []  # they went down with this round's instructions
+            contributions.append((node.robot, _parse_ranges(m.get("ranges", "")), int(m.get("deltas", 0))))
+            samples += int(m.get("samples", 0))
+        dropped = len(self._sampled) - len(results)
+        self.stats["dropouts"] += max(0, dropped)
+        self.stats["last_round_group"] = len(results)
+        if len(results) < self.opts.secure_min_group:
+            self.stats["rounds_refused"] += 1
+            return None, {}
+        if not any(c[2] for c in contributions):
+            LOG.info("secure round %d: no robot had a delta", server_round)
+            return None, {}
+        mean = parameters_to_ndarrays(results[0][1].parameters)[0]
+        v = self.agg.apply_secure_mean(mean, [(r, rg) for r, rg, _ in contributions], samples=samples)
+        if v is None:
+            self.stats["rounds_refused"] += 1
+            LOG.warning("secure round %d refused by the aggregator: %s", server_round, self.agg.counters)
+            return None, {}
+        self.stats["rounds_applied"] += 1
+        for (proxy, _), (robot, ranges, _) in zip(results, contributions, strict=True):
+            self.nodes[proxy.node_id].acks = [format_ack(robot, f, q) for f, q in ranges]
+        LOG.info("global version %d (secure round %d: mean of %d robots %s, %d dropped out)", v, server_round,
+                 len(results), sorted(r for r, _, _ in contributions), max(0, dropped))
+        return None, {}
+
+    def write_status(self, state: str = "running") -> None:
+        snap = self.agg.snapshot()
+        snap.update(state=state, mode="secure", heartbeat=time.time(), pid=os.getpid(), loop=dict(self.stats),
+                    nodes={str(k): {"robot": v.robot, "have_version": v.have_version} for k, v in self.nodes.items()})
+        atomic_write_json(os.path.join(self.opts.store_dir, "status.json"), snap, fsync=False)
+
+
+def _secaggplus_workflow():
+    """Flower's SecAggPlusWorkflow with one fix for robots that drop out BEFORE the key-share stage ends.
+
+    Flower 1.42 counts every sampled node that is not active after the masked-vector stage as "dead" in
+    the unmask stage and asks the survivors for their shares of its key. A node that dropped out during
+    setup or key sharing never sent shares (and nobody masked with it: the pairwise masks are only
+    with the nodes whose shares arrived), so every survivor fails with ``KeyError`` in
+    ``secaggplus_mod._unmask`` and the round is lost (seen here: a robot killed during the key exchange
+    halted the round). After the key-share stage the sampled set and the neighbour sets are therefore
+    narrowed to the nodes that completed it: only those can be dead for the unmask stage."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class _Workflow(SecAggPlusWorkflow):
+        def share_keys_stage(self, grid, context, state) -> bool:
+            ok = super().share_keys_stage(grid, context, state)
+            keep = set(state.active_node_ids)
+            state.sampled_node_ids = keep
+            # and nobody has pairwise masks with them: drop them from the neighbour sets the unmask uses
+            state.nid_to_neighbours = {n: nb & keep for n, nb in state.nid_to_neighbours.items() if n in keep}
+            return ok
+
+    return _Workflow
+
+
+def _secure_strategy_base():
+    from flwr.server.strategy import Strategy
+
+    return Strategy
+
+
+class _SecureStrategy(_secure_strategy_base()):
+    """The legacy Strategy interface SecAggPlusWorkflow drives, delegating to :class:`SecureServerLoop`."""
+
+    def __init__(self, loop: SecureServerLoop):
+        self.loop = loop
+
+    def initialize_parameters(self, client_manager):
+        return None
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return self.loop.configure(server_round)
+
+    def aggregate_fit(self, server_round, results, failures):
+        return self.loop.aggregate(server_round, results, failures)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
+
+    def evaluate(self, server_round, parameters):
+        return None
+
+
+secure_server_app = ServerApp()
+
+
+@secure_server_app.main()
+def _secure_server_main(grid: Grid, context: Context) -> None:
+    rc = dict(context.run_config)
+    opts = ServerOptions.from_run_config(rc)
+    os.makedirs(opts.store_dir, exist_ok=True)
+    _setup_logging(opts.store_dir)
+    with _single_writer(opts.store_dir, opts.lock_timeout_s):
+        cfg = FedBuffConfig.from_dict(rc)
+        agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir,
+                                initial_version=int(rc.get("init-version", 0) or 0))
+        SecureServerLoop(grid, agg, opts, context).run()

@@ -153,11 +153,18 @@ def write_flower_config(flwr_home: str, address: str, *, root_certificates: str 
     return path
 
 
-def materialise_app(dest_parent: str) -> str:
-    """Create ``<dest_parent>/sakura-fedsync/pyproject.toml`` from the packaged template; return the dir."""
+def materialise_app(dest_parent: str, secure: bool = False) -> str:
+    """Create ``<dest_parent>/sakura-fedsync/pyproject.toml`` from the packaged template; return the dir.
+    ``secure``: the FAB names the SecAgg+ apps (``secure_server_app`` / ``secure_client_app``)."""
     app_dir = os.path.join(dest_parent, APP_DIR_NAME)
     os.makedirs(app_dir, exist_ok=True)
     text = resources.files("sakura_nexus.federated").joinpath("flwr_app.toml").read_text()
+    if secure:
+        for name in ("server_app", "client_app"):
+            old = f'"sakura_nexus.federated.flower_app:{name}"'
+            if old not in text:
+                raise RuntimeError(f"flwr_app.toml does not name {old}")
+            text = text.replace(old, f'"sakura_nexus.federated.flower_app:secure_{name}"')
     with open(os.path.join(app_dir, "pyproject.toml"), "w") as f:
         f.write(text)
     return app_dir
@@ -374,6 +381,7 @@ class AggregatorProcess:
     host: str = "127.0.0.1"
     port: int = 0
     run_config: dict = field(default_factory=dict)
+    secure: bool = False  # SecAgg+ secure aggregation (synchronous rounds; flower_app secure_* apps)
     tls: TLSFiles | None = None
     enable_supernode_auth: bool = False
     supernode_public_keys: list[str] = field(default_factory=list)
@@ -410,7 +418,7 @@ class AggregatorProcess:
                             proc=self.proc):
             self.kill()
             raise RuntimeError(f"SuperLink did not become healthy; see {self.store_dir}/superlink.log")
-        app_dir = materialise_app(self.flwr_home)
+        app_dir = materialise_app(self.flwr_home, secure=self.secure)
         rc = {"store-dir": os.path.abspath(self.store_dir), **self.run_config}
         # one CLI process: register the robots' SuperNode keys, then submit the run
         cmds = [["supernode", "register", os.path.abspath(k), CONNECTION, "--format", "json"]
@@ -429,7 +437,7 @@ class AggregatorProcess:
 
     def restart_run(self) -> int:
         """Submit the ServerApp again (it died while the SuperLink stayed up); it resumes the checkpoint."""
-        app_dir = materialise_app(self.flwr_home)
+        app_dir = materialise_app(self.flwr_home, secure=self.secure)
         rc = {"store-dir": os.path.abspath(self.store_dir), **self.run_config}
         self._set_run(start_run(app_dir, rc, self.env()))
         return self.run_id
@@ -719,6 +727,9 @@ _RUN_FLAGS = [  # (flag, run-config key, type)
     ("--dp-noise-multiplier", "dp-noise-multiplier", float), ("--dp-max-epsilon", "dp-max-epsilon", float),
     ("--dp-sample-rate", "dp-sample-rate", float), ("--sync-interval", "sync-interval-s", float),
     ("--max-duration", "max-duration-s", float),
+    ("--secure-min-nodes", "secure-min-nodes", int), ("--secure-min-group", "secure-min-group", int),
+    ("--secure-clipping-range", "secure-clipping-range", float),
+    ("--secure-timeout", "secure-timeout-s", float),
 ]
 
 
@@ -747,6 +758,10 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--enable-supernode-auth", action="store_true", help="requires TLS")
     p.add_argument("--supernode-public-key", action="append", default=[],
                    help="OpenSSH EC public key of a robot's SuperNode to register (repeatable)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="SecAgg+ secure aggregation: synchronous rounds over the connected robots; the "
+                        "aggregator only unmasks the mean of each round's group, never one robot's delta "
+                        "(docs/federated.md, 'Secure aggregation'). Excludes central DP")
     p.add_argument("--restart-stale-s", type=float, default=180.0,
                    help="resubmit the ServerApp if its status heartbeat is older than this (0 = never)")
     a = p.parse_args(argv)
@@ -786,8 +801,10 @@ def aggregator_main(argv: list[str] | None = None) -> int:
         rc["model-size"] = init_info["size"]
         if a.init_version is None:
             rc["init-version"] = init_info["version"]
+    if a.secure_aggregation and float(rc.get("dp-noise-multiplier", 0) or 0) > 0:
+        p.error("--secure-aggregation excludes --dp-noise-multiplier (central DP clips per-robot deltas)")
     agg = AggregatorProcess(store_dir=os.path.abspath(a.store_dir), host=a.host, port=a.port, run_config=rc,
-                            tls=tls, enable_supernode_auth=a.enable_supernode_auth,
+                            secure=a.secure_aggregation, tls=tls, enable_supernode_auth=a.enable_supernode_auth,
                             supernode_public_keys=a.supernode_public_key)
     stopping = {"flag": False}
 
@@ -798,6 +815,7 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     agg.start()
     print(json.dumps({"event": "aggregator_started", "address": agg.address, "run_id": agg.run_id,
+                      "secure": agg.secure,
                       "store_dir": agg.store_dir, "init": init_info}), flush=True)
     rc_code = 0
     while not stopping["flag"]:

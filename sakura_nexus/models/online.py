@@ -45,6 +45,19 @@ from .world_model import WorldModel, world_model_from_bytes
 _CKPT = re.compile(r"^online-(\d{8})\.ckpt$")
 # parameters that learn online with trainable="dynamics" (the default; the fleet exchanges these)
 TRAINABLE_PREFIXES = ("dynamics.", "collision_head.")
+# what learns online (``trainable``): name prefixes per choice; every choice is a subset of the exchanged
+# TRAINABLE_PREFIXES coordinates except "all". The small sets are for DP-SGD, whose noise norm grows as the
+# square root of the number of trained coordinates: "dynamics_out" = the ensemble's output layer (w3, b3:
+# 10,400 coordinates), "dynamics_bias" = the ensemble's biases (b1, b2, b3: 800 coordinates).
+TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
+                  "dynamics_out": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_bias": ("dynamics.b1", "dynamics.b2", "dynamics.b3"),
+                  "dynamics_b3": ("dynamics.b3",),
+                  "dynamics_out_state": ("dynamics.w3", "dynamics.b3")}
+# sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
+# gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
+# velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates.
+TRAINABLE_MASKS = {"dynamics_out_state": {"dynamics.w3": (..., slice(0, 6)), "dynamics.b3": (..., slice(0, 6))}}
 
 
 @dataclass
@@ -127,9 +140,10 @@ class OnlineLearner:
     def __init__(self, model: WorldModel, lr: float = 3e-4, buffer_size: int = 5000, batch_size: int = 32,
                  grad_clip: float = 10.0, w_collision: float = 1.0, trainable: str = "dynamics",
                  min_samples: int | None = None, seed: int = 0, dp_noise_multiplier: float = 0.0,
-                 dp_clip_norm: float = 1.0, dp_delta: float = 1e-5, dp_epsilon_budget: float = 0.0):
-        if trainable not in ("dynamics", "all"):
-            raise ValueError("trainable must be 'dynamics' or 'all'")
+                 dp_clip_norm: float = 1.0, dp_delta: float = 1e-5, dp_epsilon_budget: float = 0.0,
+                 dp_tie_members: bool = False):
+        if trainable not in TRAINABLE_SETS:
+            raise ValueError(f"trainable must be one of {sorted(TRAINABLE_SETS)}, got {trainable!r}")
         if not (buffer_size > 0 and batch_size > 0 and lr > 0 and grad_clip > 0):
             raise ValueError("buffer_size, batch_size, lr and grad_clip must be positive")
         self.model = model.train()
@@ -145,8 +159,16 @@ class OnlineLearner:
         self._train_lock = threading.Lock()  # one train_step at a time
         self._names = [n for n, _ in model.named_parameters()]
         learn = [(n, p) for n, p in model.named_parameters()
-                 if trainable == "all" or n.startswith(TRAINABLE_PREFIXES)]
+                 if n.startswith(TRAINABLE_SETS[trainable])]
         self._params = [p for _, p in learn]
+        self._masks: list[torch.Tensor | None] = []
+        for n, p in learn:
+            idx = TRAINABLE_MASKS.get(trainable, {}).get(n)
+            mask = None
+            if idx is not None:
+                mask = torch.zeros_like(p, dtype=torch.bool)
+                mask[idx] = True
+            self._masks.append(mask)
         for p in model.parameters():
             p.requires_grad_(any(p is q for q in self._params))
         self.lr = float(lr)
@@ -168,6 +190,11 @@ class OnlineLearner:
 
         self.dp_noise_multiplier, self.dp_clip_norm = float(dp_noise_multiplier), float(dp_clip_norm)
         self.dp_delta, self.dp_epsilon_budget = float(dp_delta), float(dp_epsilon_budget)
+        # DP-SGD releases ONE update shared by every ensemble member (the per-sample gradient summed over
+        # the members, clipped, noised, applied to each): 1/members the noised coordinates
+        self.dp_tie_members = bool(dp_tie_members)
+        if self.dp_tie_members and any(mk is not None for mk in self._masks):
+            raise ValueError(f"dp_tie_members does not combine with trainable={trainable!r}")
         self.accountant = RDPAccountant(target_delta=self.dp_delta)
         self.budget_exhausted = False
         self.dp_steps_refused = 0
@@ -215,6 +242,9 @@ class OnlineLearner:
                 return None
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for p, mk in zip(self._params, self._masks, strict=True):
+                if mk is not None and p.grad is not None:
+                    p.grad.mul_(mk)
             norm = float(torch.nn.utils.clip_grad_norm_(self._params, float("inf")))
             self.last_grad_norm = norm
             if not math.isfinite(norm):
@@ -273,6 +303,11 @@ class OnlineLearner:
             self._per_sample_grad = vmap(grad(one), in_dims=(None, 0, 0, 0, 0, 0, 0))
         return self._per_sample_grad
 
+    @staticmethod
+    def _tied(key: str) -> bool:
+        """Parameters with a leading ensemble-member axis (dynamics.*: (members, ...))."""
+        return key.startswith("model.dynamics.")
+
     def _dp_step(self) -> float | None:
         """One DP-SGD step: Poisson sample, per-sample clipped gradients + Gaussian noise, Adam."""
         z, clip = self.dp_noise_multiplier, self.dp_clip_norm
@@ -294,26 +329,34 @@ class OnlineLearner:
             names = [n_ for n_, p in self.model.named_parameters() if p.requires_grad]
             params = {f"model.{n_}": p.detach() for n_, p in self.model.named_parameters() if p.requires_grad}
             m = int(batch["action"].shape[0])
-            summed = [torch.zeros_like(p) for p in params.values()]
+            summed = [torch.zeros_like(p[:1] if self.dp_tie_members and self._tied(k) else p)
+                      for k, p in params.items()]
             value = float("nan")
             if m > 0:
                 cols = ("embedding", "proprio", "action", "next_embedding", "next_proprio", "collided")
                 g = self._grads_fn()(params, *(batch[k] for k in cols))
+                if self.dp_tie_members:
+                    g = {k: (v.sum(1, keepdim=True) if self._tied(k) else v) for k, v in g.items()}
+                for n_, mk in zip(names, self._masks, strict=True):
+                    if mk is not None:  # only the learning coordinates count towards the clip norm
+                        g[f"model.{n_}"] = g[f"model.{n_}"] * mk
                 flat = [g[f"model.{n_}"].reshape(m, -1) for n_ in names]
                 norms = torch.sqrt(sum(f.square().sum(1) for f in flat))
                 factor = torch.where(torch.isfinite(norms), (clip / (norms + 1e-12)).clamp(max=1.0),
                                      torch.zeros_like(norms))
                 for i, f in enumerate(flat):
                     f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
-                    summed[i] = (f * factor[:, None]).sum(0).reshape(summed[i].shape)
+                    summed[i] = (f * factor[:, None]).sum(0).reshape(g[f"model.{names[i]}"].shape[1:])
                 self.last_grad_norm = float(norms.median())
                 with torch.no_grad():
                     value = float(self.loss(batch))
             expected = q * n
             with self.lock:
-                for p, s_ in zip(self._params, summed, strict=True):
+                for p, s_, mk in zip(self._params, summed, self._masks, strict=True):
                     noise = torch.randn(s_.shape, generator=self._noise) * (z * clip)
-                    p.grad = (s_ + noise) / expected
+                    if mk is not None:
+                        noise = noise * mk
+                    p.grad = ((s_ + noise) / expected).expand_as(p).clone()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.steps += 1
