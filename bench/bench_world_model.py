@@ -298,6 +298,17 @@ def main(argv=None) -> int:
                                      "cpu_steps_per_s": 1.0 / float(np.mean(CPU_TIMES)),
                                      "slowdown_vs_plain": res["train_step_alone"]["steps_per_s"]
                                      * float(np.mean(steps))}
+    # the same with DP-SGD in the 40-coordinate output-scale subspace (trainable="dynamics_out_scale", what
+    # the fleet experiment's DP method fine-tunes): per-sample gradients of the output layer only
+    dps = OnlineLearner(WorldModel(wm.config), lr=1e-2, buffer_size=5000, batch_size=32, grad_clip=1e9,
+                        dp_noise_multiplier=1.0, dp_clip_norm=0.2, trainable="dynamics_out_scale")
+    dps.model.load_state_dict(wm.state_dict())
+    fill_learner(dps, 2000)
+    steps_s = timed(dps.train_step, 150, warmup=5)
+    res["dpsgd_subspace_train_step_alone"] = {**with_cpu(steps_s), "steps_per_s": 1.0 / float(np.mean(steps_s)),
+                                              "cpu_steps_per_s": 1.0 / float(np.mean(CPU_TIMES)),
+                                              "slowdown_vs_plain": res["train_step_alone"]["steps_per_s"]
+                                              * float(np.mean(steps_s))}
     ab = ab_blocks(make_node_tick(lambda: dp.snapshot, proprio, action, embedding), dp, args.learn_rate[0], True,
                    args.paced_ticks, args.tick_hz)
     sys.setswitchinterval(switch)

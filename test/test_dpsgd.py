@@ -124,3 +124,33 @@ def test_budget_stops_learning_within_it_and_the_ledger_survives_a_restart(tmp_p
     # a persisted ledger with fewer releases never replaces a longer one
     again.restore_dp_ledger(RDPAccountant().state_dict())
     assert again.accountant.num_releases == allowed
+
+
+@pytest.mark.parametrize("z", [0.0, 1.0])
+def test_small_trainable_sets_move_only_their_coordinates(z):
+    """dynamics_out_state / _velocity learn only their output columns; dynamics_out_scale moves each
+    member's heading/velocity output column along its own shipped direction (a scale) and its bias."""
+    for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale"):
+        learner = _learner(trainable=trainable, dp_noise_multiplier=z)
+        before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+        for _ in range(5):
+            learner.train_step()
+        assert learner.steps == 5
+        after = dict(learner.model.named_parameters())
+        for n, p in before.items():
+            d = (after[n].detach() - p)
+            if n not in ("dynamics.w3", "dynamics.b3"):
+                assert not d.any(), (trainable, n)
+        cols = {"dynamics_out_state": range(0, 6), "dynamics_out_velocity": range(4, 6),
+                "dynamics_out_scale": range(2, 6)}[trainable]
+        other = [c for c in range(32) if c not in cols]
+        for n in ("dynamics.w3", "dynamics.b3"):
+            d = after[n].detach() - before[n]
+            assert not d[..., other].any() and d[..., list(cols)].abs().sum() > 0, (trainable, n)
+        if trainable == "dynamics_out_scale":  # w3 column k, c moved parallel to itself
+            d = after["dynamics.w3"].detach() - before["dynamics.w3"]
+            w = before["dynamics.w3"]
+            for k in range(w.shape[0]):
+                for c in cols:
+                    cos = torch.nn.functional.cosine_similarity(d[k, :, c], w[k, :, c], dim=0)
+                    assert abs(abs(float(cos)) - 1.0) < 1e-4

@@ -53,11 +53,20 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_out": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_bias": ("dynamics.b1", "dynamics.b2", "dynamics.b3"),
                   "dynamics_b3": ("dynamics.b3",),
-                  "dynamics_out_state": ("dynamics.w3", "dynamics.b3")}
+                  "dynamics_out_state": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_velocity": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale": ("dynamics.w3", "dynamics.b3")}
+# sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
+# construction: "dynamics_out_scale" = per member, a scale of each output column of the heading and
+# velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the shipped w3 column) and
+# its bias: 5 members x 4 x 2 = 40 coordinates. The learner's Adam runs on these coefficients.
+SUBSPACE_COLUMNS = {"dynamics_out_scale": (2, 3, 4, 5)}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
-# velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates.
-TRAINABLE_MASKS = {"dynamics_out_state": {"dynamics.w3": (..., slice(0, 6)), "dynamics.b3": (..., slice(0, 6))}}
+# velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates;
+# "dynamics_out_velocity": those of the velocity change only (v, w: dims 4-5), 650 coordinates.
+TRAINABLE_MASKS = {"dynamics_out_state": {"dynamics.w3": (..., slice(0, 6)), "dynamics.b3": (..., slice(0, 6))},
+                   "dynamics_out_velocity": {"dynamics.w3": (..., slice(4, 6)), "dynamics.b3": (..., slice(4, 6))}}
 
 
 @dataclass
@@ -172,7 +181,10 @@ class OnlineLearner:
         for p in model.parameters():
             p.requires_grad_(any(p is q for q in self._params))
         self.lr = float(lr)
-        self.optimizer = torch.optim.Adam(self._params, lr=self.lr)
+        self._basis = self._build_basis(learn, SUBSPACE_COLUMNS.get(trainable))
+        self._coef = (torch.nn.Parameter(torch.zeros(sum(b.shape[0] for b in self._basis if b is not None)))
+                      if self._basis is not None else None)
+        self.optimizer = self._make_optimizer()
         self.base_version = int(model.version)
         self._base = self._flat().clone()
         self.steps = 0  # applied gradient steps (lifetime)
@@ -256,7 +268,10 @@ class OnlineLearner:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             with self.lock:
-                self.optimizer.step()
+                if self._basis is not None:
+                    self._subspace_step([p.grad for p in self._params])
+                else:
+                    self.optimizer.step()
                 self.steps += 1
                 self.samples_since_base += self.batch_size
                 value = float(loss.detach())
@@ -303,6 +318,49 @@ class OnlineLearner:
             self._per_sample_grad = vmap(grad(one), in_dims=(None, 0, 0, 0, 0, 0, 0))
         return self._per_sample_grad
 
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([self._coef] if self._coef is not None else self._params, lr=self.lr)
+
+    @staticmethod
+    def _build_basis(learn, columns) -> list[torch.Tensor | None] | None:
+        """Per learning parameter an orthonormal (r, numel) basis of its subspace (None: no subspace)."""
+        if columns is None:
+            return None
+        out: list[torch.Tensor | None] = []
+        for n, p in learn:
+            rows = []
+            for k in range(p.shape[0]):
+                for c in columns:
+                    e = torch.zeros_like(p)
+                    if n == "dynamics.w3":
+                        e[k, :, c] = p.detach()[k, :, c]
+                    elif n == "dynamics.b3":
+                        e[k, :, c] = 1.0
+                    else:
+                        continue
+                    rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
+            out.append(torch.stack(rows) if rows else None)
+        return out
+
+    def _subspace_step(self, grads: list | None, coef_grad: torch.Tensor | None = None) -> None:
+        """One Adam step on the subspace coefficients; the weights move by basis^T (coefficient step)."""
+        if coef_grad is None:
+            coef_grad = torch.cat([g.reshape(-1) @ b.T for g, b in zip(grads, self._basis, strict=True)
+                                   if b is not None])
+        self._coef.grad = coef_grad.detach().clone()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        step = self._coef.detach().clone()
+        with torch.no_grad():
+            self._coef.zero_()
+            off = 0
+            for p, b in zip(self._params, self._basis, strict=True):
+                if b is not None:
+                    p.add_((step[off: off + b.shape[0]] @ b).view_as(p))
+                    off += b.shape[0]
+        for p in self._params:
+            p.grad = None
+
     @staticmethod
     def _tied(key: str) -> bool:
         """Parameters with a leading ensemble-member axis (dynamics.*: (members, ...))."""
@@ -341,16 +399,35 @@ class OnlineLearner:
                     if mk is not None:  # only the learning coordinates count towards the clip norm
                         g[f"model.{n_}"] = g[f"model.{n_}"] * mk
                 flat = [g[f"model.{n_}"].reshape(m, -1) for n_ in names]
+                if self._basis is not None:  # per-sample gradients -> subspace coefficients (orthonormal basis)
+                    flat = [f @ b.T for f, b in zip(flat, self._basis, strict=True) if b is not None]
+                    summed = [torch.zeros(f.shape[1]) for f in flat]
                 norms = torch.sqrt(sum(f.square().sum(1) for f in flat))
                 factor = torch.where(torch.isfinite(norms), (clip / (norms + 1e-12)).clamp(max=1.0),
                                      torch.zeros_like(norms))
                 for i, f in enumerate(flat):
                     f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
-                    summed[i] = (f * factor[:, None]).sum(0).reshape(g[f"model.{names[i]}"].shape[1:])
+                    summed[i] = (f * factor[:, None]).sum(0)
+                    if self._basis is None:
+                        summed[i] = summed[i].reshape(g[f"model.{names[i]}"].shape[1:])
                 self.last_grad_norm = float(norms.median())
                 with torch.no_grad():
                     value = float(self.loss(batch))
             expected = q * n
+            if self._basis is not None:
+                if m == 0:
+                    summed = [torch.zeros(b.shape[0]) for b in self._basis if b is not None]
+                with self.lock:
+                    coef = torch.cat(summed)
+                    coef = (coef + torch.randn(coef.shape, generator=self._noise) * (z * clip)) / expected
+                    self._subspace_step(None, coef)
+                    self.steps += 1
+                    self.samples_since_base += m
+                    if math.isfinite(value):
+                        self._loss_sum += value
+                        self._loss_n += 1
+                    self.snapshot = WorldModelSnapshot(self.model)
+                return value if math.isfinite(value) else None
             with self.lock:
                 for p, s_, mk in zip(self._params, summed, self._masks, strict=True):
                     noise = torch.randn(s_.shape, generator=self._noise) * (z * clip)
@@ -428,7 +505,7 @@ class OnlineLearner:
         self._base = self._flat().clone()
         self.samples_since_base = 0
         self._loss_sum, self._loss_n = 0.0, 0
-        self.optimizer = torch.optim.Adam(self._params, lr=self.lr)
+        self.optimizer = self._make_optimizer()
         self.snapshot = WorldModelSnapshot(self.model)
 
     # ------------------------------------------------------------------ persistence
@@ -485,7 +562,7 @@ class OnlineLearner:
                 self.skipped_grad = int(meta["skipped_grad"])
                 self.samples_since_base = int(meta["samples_since_base"])
                 self._loss_sum, self._loss_n = float(meta["loss_sum"]), int(meta["loss_n"])
-                self.optimizer = torch.optim.Adam(self._params, lr=self.lr)
+                self.optimizer = self._make_optimizer()
                 self.snapshot = WorldModelSnapshot(self.model)
             if meta.get("dp_ledger"):
                 self.restore_dp_ledger(meta["dp_ledger"])

@@ -128,7 +128,8 @@ class WorldModelNode(NexusNode):
         self._learner = OnlineLearner(ckpt.world_model, lr=p.learning_rate, buffer_size=p.buffer_size,
                                       batch_size=p.batch_size, grad_clip=p.grad_clip,
                                       dp_noise_multiplier=p.dp_noise_multiplier, dp_clip_norm=p.dp_clip_norm,
-                                      dp_delta=p.dp_delta, dp_epsilon_budget=p.epsilon_budget)
+                                      dp_delta=p.dp_delta, dp_epsilon_budget=p.epsilon_budget,
+                                      trainable=p.learn_trainable)
         if p.state_dir:
             os.makedirs(p.state_dir, exist_ok=True)
             restored = self._learner.load_latest(p.state_dir)
