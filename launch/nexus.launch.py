@@ -23,6 +23,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from sakura_nexus.bringup import FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
+from sakura_nexus.params import FEDERATED_SYNC
 
 
 def _nodes(context, *args, **kwargs):
@@ -56,10 +57,10 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "nexus.yaml"),
                               description="Parameters of the nodes (use /**/<node> keys)"),
         DeclareLaunchArgument("log_level", default_value="info", description="Log level of every node"),
-        DeclareLaunchArgument("autostart", default_value="true",
+        DeclareLaunchArgument("autostart", default_value=str(FEDERATED_SYNC["autostart"].default).lower(),
                               description="Configure + activate the lifecycle nodes on start-up"),
         DeclareLaunchArgument("with_sync", default_value="true", description="Start federated_sync_node"),
-        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092",
+        DeclareLaunchArgument("superlink", default_value=FEDERATED_SYNC["superlink"].default,
                               description="Fleet aggregator (Flower SuperLink Fleet API) address"),
         DeclareLaunchArgument("trusted_keys", default_value="",
                               description="Trusted fleet keys file (model updates are signed); empty = as in "
