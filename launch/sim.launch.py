@@ -10,7 +10,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 
 from sakura_nexus.bringup import FASTDDS_PROFILE, fastdds_profile_env
 from sakura_nexus.params import FEDERATED_SYNC, SIM
@@ -27,7 +27,8 @@ def generate_launch_description():
         DeclareLaunchArgument("superlink", default_value=FEDERATED_SYNC["superlink"].default),
         DeclareLaunchArgument("trusted_keys", default_value="", description="Trusted fleet keys file"),
     ]
-    sim = Node(
+    # a lifecycle node that configures and activates itself (the robot stand-in is up before the nodes)
+    sim = LifecycleNode(
         package="sakura_nexus", executable="sim_node", name="sim_node", namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), {"seed": LaunchConfiguration("seed")}],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],

@@ -384,6 +384,11 @@ def render_markdown() -> str:
         "frame or control cycle; *read-only* ones are structural and fixed at start-up. Out-of-range "
         "values are refused with a reason. Every node also takes `use_sim_time`.",
         "",
+        "Sensor and state topics (not the transient-local model topics) also take ROS QoS overrides, "
+        "read when the node configures: `qos_overrides./<namespace>/<topic>.<publisher|subscription>."
+        "<reliability|history|depth>` (e.g. `qos_overrides./robot1/image_raw.subscription.reliability: "
+        "reliable` under the node's `ros__parameters`; rclpy's QoSOverridingOptions).",
+        "",
     ]
     for schema in ALL:
         lines += [f"## {schema.node}", "", schema.summary, "",
