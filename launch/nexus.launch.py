@@ -10,6 +10,9 @@ Include it from your own launch file:
 Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync, trusted_keys (the
 fleet's public keys that model updates must be signed with; given here it overrides params_file) and the topic remaps
 camera_topic, camera_info_topic, odom_topic, cmd_vel_topic, map_topic. The same use_sim_time goes to every node.
+composed (default true): perception_node, world_model_node and policy_node run in one process on one executor
+(nexus_container; each keeps its name, parameters, lifecycle and topics); false: one process each.
+federated_sync_node is always a process of its own.
 """
 
 import os
@@ -22,7 +25,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from sakura_nexus.bringup import FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
+from sakura_nexus.bringup import COMPOSED, CONTAINER, FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
 
 
 def _nodes(context, *args, **kwargs):
@@ -30,7 +33,23 @@ def _nodes(context, *args, **kwargs):
     autostart = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
     trusted_keys = LaunchConfiguration("trusted_keys").perform(context)
     nodes = []
-    for spec in NEXUS:
+    composed = LaunchConfiguration("composed").perform(context).lower() in ("true", "1", "yes")
+    specs = [s for s in NEXUS if s not in COMPOSED] if composed else list(NEXUS)
+    if composed:
+        extra = {"use_sim_time": use_sim_time, "autostart": autostart}
+        if trusted_keys:
+            extra["trusted_keys"] = trusted_keys
+        remaps = {topic: arg for spec in COMPOSED for topic, arg in spec.remaps.items()}
+        container_args = [a for spec in COMPOSED for a in ("--node", spec.name)]
+        nodes.append(Node(
+            package="sakura_nexus", executable=CONTAINER.executable,  # no name=: the nodes keep their own
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), extra],
+            remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in remaps.items()],
+            arguments=[*container_args, "--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            output="screen", emulate_tty=True,
+        ))
+    for spec in specs:
         extra = {"use_sim_time": use_sim_time, "autostart": autostart}
         if trusted_keys:  # every node that applies (or publishes) model updates checks their signatures
             extra["trusted_keys"] = trusted_keys
@@ -59,6 +78,8 @@ def generate_launch_description():
         DeclareLaunchArgument("autostart", default_value="true",
                               description="Configure + activate the lifecycle nodes on start-up"),
         DeclareLaunchArgument("with_sync", default_value="true", description="Start federated_sync_node"),
+        DeclareLaunchArgument("composed", default_value="true",
+                              description="perception, world model and policy in one process (nexus_container)"),
         DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092",
                               description="Fleet aggregator (Flower SuperLink Fleet API) address"),
         DeclareLaunchArgument("trusted_keys", default_value="",
