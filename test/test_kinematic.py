@@ -154,6 +154,48 @@ def test_planner_with_seen_obstacles_steers_round_them():
     assert closest(res["seeing"]) > 0.262 and closest(res["blind"]) < 0.262
 
 
+def test_planner_measures_seen_clearance_once_per_rollout_with_the_same_decisions():
+    """The planner measures a rollout's clearance to the seen obstacles once (contact probability +
+    clearance critic). The plans are the same, bit for bit, as on the dynamics that only offers
+    ``collision`` (where the clearance is measured twice), moving points included."""
+    cfg = RangeConfig()
+    mem = ObstacleMemory(cfg, confirm_radius=0.0)
+    ranges = np.full(cfg.bins, cfg.max_range)
+    ranges[5:11] = 0.6
+    mem.update((0.0, 0.0, 0.0), ranges, 0.0)
+    mem.moving[:2] = True                                   # two growing discs along the horizon
+    mem.update((0.0, 0.0, 0.0), ranges, 0.05)
+    assert len(mem) and mem.moving.any()
+
+    class CollisionOnly:                                    # the contract without contact_probability
+        def __init__(self, inner):
+            self.inner, self.obstacles = inner, inner.obstacles
+
+        def rollout(self, z, a, members=None):
+            return self.inner.rollout(z, a)
+
+        def pose(self, z):
+            return self.inner.pose(z)
+
+        def collision(self, z):
+            return self.inner.collision(z)
+
+    calls = []
+    clearance = mem.clearance
+    mem.clearance = lambda xy: (calls.append(tuple(xy.shape)), clearance(xy))[1]
+    once, twice = UnicycleModel(obstacles=mem), CollisionOnly(UnicycleModel(obstacles=mem))
+    plans = {}
+    for name, m in (("once", once), ("twice", twice)):
+        calls.clear()
+        p = MPPIPlanner(m, MPPIConfig(samples=64, seed=3, evaluate_plan=False))
+        z = once.encode_state((0.0, 0.0, 0.0), (0.2, 0.0))
+        plans[name] = [p.plan(z, (2.5, 0.3, math.nan), prev_action=(0.2, 0.0)) for _ in range(5)]
+        plans[name + "_calls"] = sum(1 for s in calls if s[0] == 64)
+    assert plans["once_calls"] == 5 and plans["twice_calls"] == 10
+    for a, b in zip(plans["once"], plans["twice"], strict=True):
+        assert np.array_equal(a.actions, b.actions) and a.info["risk0"] == b.info["risk0"]
+
+
 def test_range_head_shapes_and_mirror_order():
     head = RangeHead(RangeConfig(bins=16), members=3).eval()
     out = head(torch.rand(2, 3, 64, 64))

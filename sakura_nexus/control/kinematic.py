@@ -74,8 +74,13 @@ class UnicycleModel:
     def collision(self, z: torch.Tensor) -> torch.Tensor:
         if self.obstacles is None:
             return torch.zeros(z.shape[:-1], dtype=z.dtype)
+        return self.contact_probability(self.obstacles.clearance(z[..., :2]))
+
+    def contact_probability(self, clearance: torch.Tensor) -> torch.Tensor:
+        """Contact probability for a clearance to ``obstacles`` (what :meth:`collision` returns for the
+        states that clearance was measured at). The planner measures the seen-obstacle clearance of a
+        rollout once and passes it here and to its clearance critic."""
         c = self.config
-        clearance = self.obstacles.clearance(z[..., :2])
         return torch.sigmoid((c.radius - clearance) / c.contact_softness)
 
     def rollout(self, z: torch.Tensor, actions: torch.Tensor, members=None):
