@@ -215,6 +215,11 @@ def test_fleet_experiment_uses_the_robot_defaults():
     from sakura_nexus.federated.experiment import ExperimentConfig
 
     e = ExperimentConfig()
-    assert (e.lr, e.batch_size, e.grad_clip, e.dp_delta, e.dpsgd_clip) == tuple(
-        WORLD_MODEL[n].default for n in ("learning_rate", "batch_size", "grad_clip", "dp_delta", "dp_clip_norm"))
+    assert (e.lr, e.batch_size, e.grad_clip, e.dp_delta) == tuple(
+        WORLD_MODEL[n].default for n in ("learning_rate", "batch_size", "grad_clip", "dp_delta"))
+    # the DP-SGD method runs its own (validation-chosen) setting, one a robot can be given: each value is
+    # valid for the node parameter that sets it on the robot (learn_trainable, dp_clip_norm, learning_rate)
+    for name, value in (("learn_trainable", e.dpsgd_trainable), ("dp_clip_norm", e.dpsgd_clip),
+                        ("learning_rate", e.dpsgd_lr)):
+        assert WORLD_MODEL[name].validate(value) is None, (name, value)
     assert (e.codec, e.uplink_clip) == (FEDERATED_SYNC["codec"].default, FEDERATED_SYNC["clip_norm"].default)
