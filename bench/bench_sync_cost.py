@@ -106,9 +106,11 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
     server_pids = sorted(served)
     server_cpu = served[server_pids[0]] / tick if server_pids else 0.0
     forked_cpu = sum(served[p] for p in server_pids[1:]) / tick
-    exchanges = int(per.size)
+    st = spool.stats()
+    # completed exchanges = the syncs the robot's ClientApp recorded in the spool (handle_sync); a
+    # ClientApp process that failed or was retried is CPU spent, not an exchange
+    exchanges = int(st.get("syncs", 0))
     total = launcher_cpu + forked_cpu + server_cpu
-    st = spool.stats() if hasattr(spool, "stats") else {}
     return {"variant": variant, "window_s": round(wall, 1), "exchanges": exchanges,
             "exchanges_per_min": round(exchanges / wall * 60, 1),
             # all ClientApp CPU (launchers + forked exchanges + the warm server's start-up) / exchanges
@@ -116,7 +118,8 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
                                    "launcher_p50": round(float(np.median(per)), 3) if exchanges else None,
                                    "launcher_max": round(float(per.max()), 3) if exchanges else None,
                                    "forked_mean": round(forked_cpu / max(len(server_pids) - 1, 1), 3)},
-            "warm_server_cpu_s": round(server_cpu, 3), "forked_exchanges": max(len(server_pids) - 1, 0),
+            "clientapp_processes": int(per.size), "warm_server_cpu_s": round(server_cpu, 3),
+            "forked_exchanges": max(len(server_pids) - 1, 0),
             "steady_cpu_s_per_exchange": round((launcher_cpu - float(per.max()) + forked_cpu) /
                                                max(exchanges - 1, 1), 3) if exchanges > 1 else None,
             "clientapp_cores": round(total / wall, 3),
