@@ -108,7 +108,11 @@ def profile(controller: str, seconds: float, seed: int, warmup_frames: int = 30)
     learner = OnlineLearner(load_checkpoint(None).world_model, lr=wp["learning_rate"], buffer_size=wp["buffer_size"],
                             batch_size=wp["batch_size"], grad_clip=wp["grad_clip"])
     # the policy node's own configuration methods, on these parameter values
-    fake = types.SimpleNamespace(params=types.SimpleNamespace(**cp))
+    class _Params(types.SimpleNamespace):
+        def as_dict(self):
+            return dict(vars(self))
+
+    fake = types.SimpleNamespace(params=_Params(**cp))
     fake._limits = lambda: PolicyNode._limits(fake)
     limits, ucfg, mcfg = fake._limits(), PolicyNode._unicycle_config(fake), PolicyNode._mppi_config(fake)
     safety = SafetyLayer(limits)

@@ -34,3 +34,11 @@ def deprioritise_current_thread(switch_interval_s: float | None = 0.0005) -> str
         return "nice"
     except (AttributeError, OSError):
         return "none"
+
+
+def deprioritise_process() -> str:
+    """Call first thing in a process that does only background work (federated_sync_node): the calling
+    thread gets SCHED_IDLE (or nice 19), and so does everything started from it afterwards, threads
+    and child processes alike (the Flower SuperNode, its SuperExec and every ClientApp), since Linux
+    threads and forked children inherit the scheduling policy. Returns "idle", "nice" or "none"."""
+    return deprioritise_current_thread(switch_interval_s=None)

@@ -379,3 +379,35 @@ def test_evaluate_cli_standin(tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc["results"]) == {"go_to_goal", "mpc_map"} and out.with_suffix(".png").exists()
     assert doc["results"]["mpc_map"]["all"]["collisions"] == 0
+
+
+def test_cost_to_go_relaxation_matches_the_per_sweep_reference_exactly():
+    """_relax computes its edge costs once; the field is bit for bit the one of the reference that
+    recomputes them in every sweep (so routes, and the plans that follow them, are unchanged)."""
+    import math as _m
+
+    from sakura_nexus.control.costmap import _relax
+
+    rng = np.random.default_rng(4)
+    step = np.where(rng.random((37, 29)) < 0.2, 30.0, np.where(rng.random((37, 29)) < 0.3, 3.0, 1.0)) * 0.05
+    d0 = np.full(step.shape, np.inf)
+    d0[5, 7] = 0.0
+
+    def reference(d, step):
+        n0, n1 = d.shape
+        moves = [(-1, 0, 1.0), (1, 0, 1.0), (0, -1, 1.0), (0, 1, 1.0), (-1, -1, _m.sqrt(2.0)),
+                 (-1, 1, _m.sqrt(2.0)), (1, -1, _m.sqrt(2.0)), (1, 1, _m.sqrt(2.0))]
+        while True:
+            new = d.copy()
+            for di, dj, w in moves:
+                src = d[max(di, 0): n0 + min(di, 0), max(dj, 0): n1 + min(dj, 0)]
+                cost = 0.5 * w * (step[max(di, 0): n0 + min(di, 0), max(dj, 0): n1 + min(dj, 0)]
+                                  + step[max(-di, 0): n0 + min(-di, 0), max(-dj, 0): n1 + min(-dj, 0)])
+                tgt = new[max(-di, 0): n0 + min(-di, 0), max(-dj, 0): n1 + min(-dj, 0)]
+                np.minimum(tgt, src + cost, out=tgt)
+            if np.array_equal(new, d):
+                return new
+            d = new
+
+    got, want = _relax(d0.copy(), step), reference(d0.copy(), step)
+    assert np.isfinite(got).all() and np.array_equal(got, want)

@@ -589,8 +589,10 @@ class SuperNodeSupervisor:
 
     def __init__(self, superlink: str, spool_dir: str, robot_id: str, *, port: int = 0, host: str = "127.0.0.1",
                  root_certificates: str | None = None, auth_private_key: str | None = None,
-                 extra_node_config: dict | None = None, max_backoff: float = 30.0):
+                 extra_node_config: dict | None = None, max_backoff: float = 30.0, light_clientapp: bool = True):
         self.superlink, self.spool_dir, self.robot_id = superlink, os.path.abspath(spool_dir), robot_id
+        # the per-exchange ClientApp via sakura_nexus.federated.light_clientapp (light imports, SCHED_IDLE)
+        self.light_clientapp = bool(light_clientapp)
         self.port, self.host = int(port), host
         self.root_certificates, self.auth_private_key = root_certificates or None, auth_private_key or None
         self.extra_node_config = dict(extra_node_config or {})
@@ -639,7 +641,10 @@ class SuperNodeSupervisor:
         os.makedirs(self.flwr_home, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen(self.command(), env=flower_env(self.flwr_home), stdout=log,
+            from .light_clientapp import robot_flower_env
+
+            env = robot_flower_env(self.flwr_home) if self.light_clientapp else flower_env(self.flwr_home)
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         finally:

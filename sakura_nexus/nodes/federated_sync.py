@@ -352,6 +352,11 @@ class FederatedSyncNode(NexusNode):
 
 
 def main(args=None) -> int:
+    from sakura_nexus.priority import deprioritise_process
+
+    # robot-side sync never costs a control tick: this process, its SuperNode, SuperExec and every
+    # ClientApp run only in CPU time the robot stack leaves idle (SCHED_IDLE, inherited)
+    deprioritise_process()
     return run(FederatedSyncNode, args)
 
 
