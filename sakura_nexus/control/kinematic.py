@@ -84,30 +84,36 @@ class UnicycleModel:
         return torch.sigmoid((c.radius - clearance) / c.contact_softness)
 
     def rollout(self, z: torch.Tensor, actions: torch.Tensor, members=None):
-        """z (B, 5), actions (B, H, 2) commanded (v, w) -> states (B, H, 5), sigma (B, H) = 0."""
+        """z (B, 5), actions (B, H, 2) commanded (v, w) -> states (B, H, 5), sigma (B, H) = 0.
+
+        The velocity is carried as one (B, 2) tensor so each step is a few tensor ops (the planner calls
+        this once per plan with B = samples; op count, not arithmetic, is its cost on a CPU)."""
         c = self.config
         z = z.reshape(-1, self.state_dim)
         b, h = actions.shape[0], actions.shape[1]
         if z.shape[0] == 1 and b > 1:
             z = z.expand(b, -1)
-        x, y, yaw, v, w = (z[:, i] for i in range(5))
+        x, y, yaw, vw = z[:, 0], z[:, 1], z[:, 2], z[:, 3:5]
+        lim = torch.tensor([c.max_v, c.max_w], dtype=z.dtype)
+        acc = torch.tensor([c.max_acc_v * c.dt, c.max_acc_w * c.dt], dtype=z.dtype)
+        commands = torch.minimum(torch.maximum(actions, -lim), lim)
         out = torch.empty(b, h, 5, dtype=z.dtype)
-        dv, dw = c.max_acc_v * c.dt, c.max_acc_w * c.dt
         for t in range(h):
-            u = actions[:, t]
-            uv = torch.minimum(torch.maximum(u[:, 0].clamp(-c.max_v, c.max_v), v - dv), v + dv)
-            uw = torch.minimum(torch.maximum(u[:, 1].clamp(-c.max_w, c.max_w), w - dw), w + dw)
-            v, w = self._response(v, w, uv, uw)
+            u = torch.minimum(torch.maximum(commands[:, t], vw - acc), vw + acc)
+            vw = self._respond(vw, u)
+            v, w = vw[:, 0], vw[:, 1]
             mid = yaw + 0.5 * w * c.dt
             x = x + v * torch.cos(mid) * c.dt
             y = y + v * torch.sin(mid) * c.dt
             yaw = _wrap(yaw + w * c.dt)
-            out[:, t, 0], out[:, t, 1], out[:, t, 2], out[:, t, 3], out[:, t, 4] = x, y, yaw, v, w
+            out[:, t, 0], out[:, t, 1], out[:, t, 2] = x, y, yaw
+            out[:, t, 3:] = vw
         return out, torch.zeros(b, h, dtype=z.dtype)
 
-    def _response(self, v, w, uv, uw):
-        """Executed velocity given the previous one and the rate-limited command (kinematic: = command)."""
-        return uv, uw
+    def _respond(self, vw: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Executed (B, 2) velocity given the previous one and the rate-limited command (kinematic: = u)."""
+        return u
+
 
 
 class ResidualUnicycle(UnicycleModel):
@@ -135,6 +141,7 @@ class ResidualUnicycle(UnicycleModel):
         self.w0[2, 0] = self.w0[3, 1] = 1.0
         self._hinge_np = np.asarray(self.HINGES)
         self._hinge_t = torch.tensor(self.HINGES, dtype=torch.float32)
+        self._hinge_lo = -self._hinge_t
         self.reset_learning()
 
     def reset_learning(self) -> None:
@@ -148,8 +155,8 @@ class ResidualUnicycle(UnicycleModel):
         wt = torch.tensor(w, dtype=torch.float32)
         self._wt_base, self._wt_bias = wt[:6], wt[6]
         self._wt_hinge = wt[7:] * torch.tensor(0.1 / self._hinge_np, dtype=torch.float32).repeat(2)[:, None]
-        h = self.config.half_track
-        self._wheel = torch.tensor([[1.0, 1.0], [-h, h]], dtype=torch.float32)   # (dv, dw) -> (dl, dr)
+        c = self.config
+        self._wheel = torch.tensor([[1.0, 1.0], [-c.half_track, c.half_track]], dtype=torch.float32)  # -> (dl, dr)
 
     def features(self, v, w, uv, uw):
         h = self.config.half_track
@@ -166,18 +173,20 @@ class ResidualUnicycle(UnicycleModel):
         base = np.stack([v, w, uv, uw, uv * np.abs(uw), np.abs(uw), np.ones_like(v)], -1)
         return np.concatenate([base, hinge], -1)
 
-    def _response(self, v, w, uv, uw):
-        # features() @ weights, in fewer tensor ops (this runs B x H times per plan): the hinge scale is
-        # folded into the weights (_set_weights) and the wheel transform is one small matmul
-        vw0, u = torch.stack([v, w], -1), torch.stack([uv, uw], -1)
-        d = ((u - vw0) @ self._wheel.to(v.dtype))[..., None]                   # (B, 2, 1): dl, dr
-        c = self._hinge_t.to(v.dtype)
-        hinge = torch.minimum(torch.maximum(d, -c), c).flatten(-2)
-        auw = uw.abs()
-        base = torch.cat([vw0, u, torch.stack([uv * auw, auw], -1)], -1)
-        vw = base @ self._wt_base.to(v.dtype) + hinge @ self._wt_hinge.to(v.dtype) + self._wt_bias.to(v.dtype)
-        c = self.config
-        return vw[:, 0].clamp(-c.max_v * 1.2, c.max_v * 1.2), vw[:, 1].clamp(-c.max_w * 1.2, c.max_w * 1.2)
+    def rollout(self, z: torch.Tensor, actions: torch.Tensor, members=None):
+        c = self.config                      # the limits may have changed live since the last fit
+        self._vw_cap = torch.tensor([c.max_v * 1.2, c.max_w * 1.2], dtype=torch.float32)
+        return super().rollout(z, actions, members)
+
+    def _respond(self, vw: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        # features() @ weights in a handful of tensor ops (B x H times per plan): the hinge scale is folded
+        # into the weights (_set_weights), the wheel transform is one small matmul
+        d = ((u - vw) @ self._wheel)[..., None]                                   # (B, 2, 1): dl, dr
+        hinge = torch.minimum(torch.maximum(d, self._hinge_lo), self._hinge_t).flatten(1)
+        auw = u[:, 1:].abs()
+        base = torch.cat([vw, u, u[:, :1] * auw, auw], 1)
+        out = torch.addmm(torch.addmm(self._wt_bias, base, self._wt_base), hinge, self._wt_hinge)
+        return torch.minimum(torch.maximum(out, -self._vw_cap), self._vw_cap)
 
     def rate_limit(self, v: float, w: float, cmd) -> tuple[float, float]:
         c = self.config
