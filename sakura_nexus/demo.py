@@ -107,7 +107,7 @@ class Supervisor:
         self.start_command(spec.name, [sys.executable, str(exe), *args])
 
     def start_command(self, name: str, cmd: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "wb")
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child, closed in stop()
         self._logs.append(log)
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -327,7 +327,7 @@ class Mission:
         while not self._stop.is_set() and rclpy.ok():
             try:
                 ex.spin_once(timeout_sec=0.1)
-            except Exception:  # noqa: BLE001 - context shut down under us
+            except Exception:  # the context shut down under us: return quietly, else re-raise
                 if self._stop.is_set() or not rclpy.ok():
                     return
                 raise

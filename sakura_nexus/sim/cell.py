@@ -23,10 +23,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ.get("MUJOCO_GL") == "egl":
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-from .layout import (  # noqa: E402
+from .layout import (
     CAMERA_NAME,
     KIND_RGBA,
     WHEEL_JOINTS,
@@ -187,7 +187,7 @@ class _Renderer:
             # A GL context is bound to the thread that made it current: start afresh in this thread.
             self._drop_context()
         if self._gl is None:
-            from mujoco import gl_context  # noqa: PLC0415
+            from mujoco import gl_context
             self._gl = gl_context.GLContext(_MAX_OFFSCREEN[0], _MAX_OFFSCREEN[1])
             self._thread = threading.get_ident()
         self._gl.make_current()
