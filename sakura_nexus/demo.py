@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sakura_nexus import bringup
+from sakura_nexus.geometry import set_yaw, yaw_of
 from sakura_nexus.params import POLICY
 from sakura_nexus.paths import config_file
 
@@ -341,7 +342,7 @@ class Mission:
 
     def _on_odom(self, m):
         q = m.pose.pose.orientation
-        yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
+        yaw = yaw_of(q)
         self.pose = (m.pose.pose.position.x, m.pose.pose.position.y, yaw)
         t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
         if self.recording and (not self.log.path or t - self.log.path[-1][0] >= 0.1):
@@ -444,7 +445,7 @@ class Mission:
         g.header.frame_id = "odom"
         g.header.stamp = self.node.get_clock().now().to_msg()
         g.pose.position.x, g.pose.position.y = float(x), float(y)
-        g.pose.orientation.z, g.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+        set_yaw(g.pose.orientation, yaw)
         self._goal_pub.publish(g)
 
     def hold(self) -> None:
