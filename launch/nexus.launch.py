@@ -14,6 +14,9 @@ them unconfigured for a lifecycle manager (``ros2 lifecycle set``).
 Arguments: namespace, use_sim_time, params_file, log_level, autostart, with_sync, trusted_keys (the
 fleet's public keys that model updates must be signed with; given here it overrides params_file) and the topic remaps
 camera_topic, camera_info_topic, odom_topic, cmd_vel_topic, map_topic. The same use_sim_time goes to every node.
+composed (default true): perception_node, world_model_node and policy_node run in one process on one executor
+(nexus_container; each keeps its name, parameters, lifecycle and topics); false: one process each.
+federated_sync_node is always a process of its own.
 """
 
 import os
@@ -30,13 +33,13 @@ from launch.actions import (
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 from lifecycle_msgs.msg import Transition
 
-from sakura_nexus.bringup import FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
+from sakura_nexus.bringup import COMPOSED, CONTAINER, FASTDDS_PROFILE, NEXUS, TOPIC_DEFAULTS, fastdds_profile_env
 from sakura_nexus.params import FEDERATED_SYNC
 
 
@@ -62,7 +65,26 @@ def _nodes(context, *args, **kwargs):
     autostart = LaunchConfiguration("autostart").perform(context).strip().lower() in ("true", "1", "yes")
     trusted_keys = LaunchConfiguration("trusted_keys").perform(context)
     actions = []
-    for spec in NEXUS:
+    composed = LaunchConfiguration("composed").perform(context).lower() in ("true", "1", "yes")
+    specs = [s for s in NEXUS if s not in COMPOSED] if composed else list(NEXUS)
+    if composed:
+        # one process, one executor: launch_ros cannot drive the lifecycle of nodes inside a container
+        # (a LifecycleNode action is one node per process), so the contained nodes run their own
+        # autostart (configure + activate on start) or wait for a lifecycle manager (autostart:=false)
+        extra = {"use_sim_time": use_sim_time, "autostart": autostart}
+        if trusted_keys:
+            extra["trusted_keys"] = trusted_keys
+        remaps = {topic: arg for spec in COMPOSED for topic, arg in spec.remaps.items()}
+        container_args = [a for spec in COMPOSED for a in ("--node", spec.name)]
+        actions.append(Node(
+            package="sakura_nexus", executable=CONTAINER.executable,  # no name=: the nodes keep their own
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), extra],
+            remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in remaps.items()],
+            arguments=[*container_args, "--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            output="screen", emulate_tty=True,
+        ))
+    for spec in specs:
         # the node's own autostart is off: this launch file configures and activates it (or leaves it
         # unconfigured for a lifecycle manager when autostart:=false)
         extra = {"use_sim_time": use_sim_time, "autostart": False}
@@ -96,6 +118,8 @@ def generate_launch_description():
         DeclareLaunchArgument("autostart", default_value=str(FEDERATED_SYNC["autostart"].default).lower(),
                               description="Configure + activate the lifecycle nodes on start-up"),
         DeclareLaunchArgument("with_sync", default_value="true", description="Start federated_sync_node"),
+        DeclareLaunchArgument("composed", default_value="true",
+                              description="perception, world model and policy in one process (nexus_container)"),
         DeclareLaunchArgument("superlink", default_value=FEDERATED_SYNC["superlink"].default,
                               description="Fleet aggregator (Flower SuperLink Fleet API) address"),
         DeclareLaunchArgument("trusted_keys", default_value="",

@@ -26,6 +26,8 @@ def generate_launch_description():
         DeclareLaunchArgument("with_sync", default_value="true"),
         DeclareLaunchArgument("superlink", default_value=FEDERATED_SYNC["superlink"].default),
         DeclareLaunchArgument("trusted_keys", default_value="", description="Trusted fleet keys file"),
+        DeclareLaunchArgument("composed", default_value="true",
+                              description="perception, world model and policy in one process (nexus_container)"),
     ]
     # a lifecycle node that configures and activates itself (the robot stand-in is up before the nodes)
     sim = LifecycleNode(
@@ -40,7 +42,7 @@ def generate_launch_description():
             "namespace": LaunchConfiguration("namespace"), "use_sim_time": "true",
             "params_file": LaunchConfiguration("params_file"), "log_level": LaunchConfiguration("log_level"),
             "with_sync": LaunchConfiguration("with_sync"), "superlink": LaunchConfiguration("superlink"),
-            "trusted_keys": LaunchConfiguration("trusted_keys"),
+            "trusted_keys": LaunchConfiguration("trusted_keys"), "composed": LaunchConfiguration("composed"),
         }.items(),
     )
     # the shipped SHM profile (unless one is set already), under the name the installed Fast DDS reads

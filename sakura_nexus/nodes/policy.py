@@ -409,9 +409,9 @@ class PolicyNode(NexusNode):
         self._state, self._state_time = msg, stamp
         self._target, finish = self._plan(msg)
         self._publish_safe(self._now(), msg)
-        if finish is not None and self._plan_pub.is_activated:
-            # after the command: the plan's full-ensemble evaluation (~0.6 ms) and building the Path
-            # (~0.3 ms) do not change the action, so they do not delay it
+        if finish is not None and self._plan_pub.is_activated and self._plan_pub.get_subscription_count():
+            # after the command: the plan's full-ensemble evaluation (~0.6-1.5 ms) and building the Path
+            # (~0.3 ms) do not change the action, so they do not delay it; nobody listening: not done
             self._plan_pub.publish(self._path(msg.header.stamp, finish()))
 
     # --- control ----------------------------------------------------------------------------
