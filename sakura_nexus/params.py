@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 _TYPES = {bool: "bool", int: "int", float: "double", str: "string", list: "double[]"}
 
@@ -45,6 +45,7 @@ class Param:
             return None
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             return f"{self.name} must be of type {_TYPES[self.type]}, got {type(value).__name__}"
+        value = cast(Any, value)  # (isinstance with a runtime type narrows it to object for the type checker)
         if self.type is float and not math.isfinite(value):
             return f"{self.name} must be finite, got {value}"
         if self.min is not None and value < self.min:

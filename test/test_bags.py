@@ -11,8 +11,8 @@ from bag_writer import NS, Drive, storage_file, write_bag
 
 pytest.importorskip("rosbags")
 
-from sakura_nexus.bags.dataset import AlignConfig, load_bag  # noqa: E402
-from sakura_nexus.bags.reader import BagError, TopicConfig  # noqa: E402
+from sakura_nexus.bags.dataset import AlignConfig, load_bag
+from sakura_nexus.bags.reader import BagError, TopicConfig
 
 
 @pytest.fixture(scope="module")

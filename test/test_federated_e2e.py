@@ -56,7 +56,7 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, cmd, env, name, **kw) -> subprocess.Popen:
-        log = open(os.path.join(self.tmp, f"{name}.log"), "w")  # noqa: SIM115
+        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
         p = subprocess.Popen(cmd, env=env, stdout=kw.pop("stdout", log), stderr=subprocess.STDOUT,
                              start_new_session=True, **kw)
         log.close()

@@ -131,7 +131,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
 
     store, port = str(tmp_path / "agg"), free_port()
     signing_key, trusted = generate_keys(str(tmp_path / "keys"))  # the aggregator signs, the robots trust
-    agg_log = open(tmp_path / "aggregator.log", "w")  # noqa: SIM115
+    agg_log = open(tmp_path / "aggregator.log", "w")
     agg = subprocess.Popen(
         [sys.executable, "-m", "sakura_nexus", "aggregator", "--store-dir", store, "--port", str(port),
          "--init-world-model", str(ckpt_dir), "--buffer-size", "2", "--sync-interval", "2",

@@ -124,7 +124,7 @@ def test_three_robots_secure_aggregation_with_a_dropout(ros_node, tmp_path, fast
     np.save(tmp_path / "init.npy", init)
     store, port = str(tmp_path / "agg"), free_port()
     signing_key, trusted = generate_keys(str(tmp_path / "keys"))
-    agg_log = open(tmp_path / "aggregator.log", "w")  # noqa: SIM115
+    agg_log = open(tmp_path / "aggregator.log", "w")
     agg = subprocess.Popen(
         [sys.executable, "-m", "sakura_nexus", "aggregator", "--store-dir", store, "--port", str(port),
          "--secure-aggregation", "--init-model", str(tmp_path / "init.npy"), "--init-version", "1",

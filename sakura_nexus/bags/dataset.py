@@ -24,12 +24,12 @@ message True in (t_k, t_k+1]. Every grid point or message left out is counted un
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sakura_nexus import vision
+from sakura_nexus.geometry import yaw_of as _yaw
 from sakura_nexus.models.data import MODEL_DT, Trajectories
 
 from .reader import Bag, BagError, stamp_ns
@@ -87,10 +87,6 @@ def _order(t: np.ndarray, values: np.ndarray, max_reorder_ns: int,
     stats = {"messages": n, "zero_stamp": zero, "non_monotonic": int(late.sum()), "reordered": reordered,
              "duplicate_stamp": stats_dup if duplicates == "all" else int(dup.sum())}
     return t[~dup], values[~dup], stats
-
-
-def _yaw(q) -> float:
-    return math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
 
 
 def read_streams(bag: Bag, cfg: AlignConfig, progress: bool = False) -> dict[str, Stream]:

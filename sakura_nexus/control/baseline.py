@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sakura_nexus.geometry import wrap_angles
+
 __all__ = ["GoToGoal", "GoToGoalConfig"]
-
-
-def _wrap(a: float) -> float:
-    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 @dataclass
@@ -43,11 +41,11 @@ class GoToGoal:
             gyaw = float(goal[2]) if len(goal) > 2 else math.nan
             if c.goal_yaw_tolerance >= math.pi or not math.isfinite(gyaw):
                 return 0.0, 0.0
-            err = _wrap(gyaw - yaw)
+            err = wrap_angles(gyaw - yaw)
             if abs(err) <= 0.5 * c.goal_yaw_tolerance:
                 return 0.0, 0.0
             return 0.0, max(-c.max_w, min(c.max_w, c.k_w * err))
-        err = _wrap(math.atan2(dy, dx) - yaw)
+        err = wrap_angles(math.atan2(dy, dx) - yaw)
         w = max(-c.max_w, min(c.max_w, c.k_w * err))
         v = 0.0 if abs(err) > c.turn_in_place else min(c.max_v, c.k_v * dist) * math.cos(err)
         return max(0.0, v), w

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .standin import ROBOT_RADIUS, sdf_np
+from sakura_nexus.sim.layout import ROBOT_RADIUS
+
+from .standin import sdf_np
 
 __all__ = ["CostToGo"]
 

@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from sakura_nexus.sim.layout import ROBOT_RADIUS
+
 from .baseline import GoToGoal, GoToGoalConfig
 from .planner import MPPIConfig, MPPIPlanner
 from .safety import SafetyLayer, SafetyLimits, goal_reached
-from .standin import ROBOT_RADIUS, segment_blocked
+from .standin import segment_blocked
 
 __all__ = ["ControlOutput", "Controller", "EpisodeResult", "GoToGoalController", "LatentMPCController",
            "Observation", "StateMPCController", "control_step", "evaluate", "run_episode", "sample_task"]

@@ -119,9 +119,10 @@ def model_diagnostics(checkpoint: str | None = None, n: int = 300, seed: int = 1
 
     from sakura_nexus.models import inference_encoder, load_checkpoint
     from sakura_nexus.sim import CellConfig, FactoryCell
+    from sakura_nexus.sim.layout import ROBOT_RADIUS
 
     from .episode import _to_tensor
-    from .standin import ROBOT_RADIUS, sdf_np
+    from .standin import sdf_np
 
     ck = load_checkpoint(checkpoint)
     enc, wm = inference_encoder(ck.encoder), ck.world_model.eval()

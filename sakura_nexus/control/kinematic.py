@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sakura_nexus.geometry import wrap_angles
+from sakura_nexus.sim.layout import ROBOT_RADIUS, RobotSpec
+
 __all__ = ["ResidualUnicycle", "UnicycleConfig", "UnicycleModel", "rollout_poses"]
 
 
@@ -39,19 +42,15 @@ class UnicycleConfig:
     max_w: float = 1.2            # rad/s
     max_acc_v: float = 1.0        # m/s^2
     max_acc_w: float = 3.0        # rad/s^2
-    radius: float = 0.262         # m, footprint circle: contact below this clearance
-    half_track: float = 0.13      # m, half the wheel separation (the sim robot's RobotSpec)
+    radius: float = ROBOT_RADIUS  # m, footprint circle: contact below this clearance
+    half_track: float = RobotSpec().wheel_separation / 2  # m, half the wheel separation of the sim robot
     contact_softness: float = 0.03  # m, logistic width of the clearance -> contact probability map
 
     @classmethod
-    def from_limits(cls, limits, dt: float = 0.1, radius: float = 0.262) -> UnicycleConfig:
+    def from_limits(cls, limits, dt: float = 0.1, radius: float = ROBOT_RADIUS) -> UnicycleConfig:
         """From a :class:`~sakura_nexus.control.safety.SafetyLimits` (or anything with its field names)."""
         return cls(dt=dt, max_v=limits.max_v, max_w=limits.max_w, max_acc_v=limits.max_acc_v,
                    max_acc_w=limits.max_acc_w, radius=radius)
-
-
-def _wrap(a):
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 class UnicycleModel:
@@ -105,7 +104,7 @@ class UnicycleModel:
             mid = yaw + 0.5 * w * c.dt
             x = x + v * torch.cos(mid) * c.dt
             y = y + v * torch.sin(mid) * c.dt
-            yaw = _wrap(yaw + w * c.dt)
+            yaw = wrap_angles(yaw + w * c.dt)
             out[:, t, 0], out[:, t, 1], out[:, t, 2] = x, y, yaw
             out[:, t, 3:] = vw
         return out, torch.zeros(b, h, dtype=z.dtype)

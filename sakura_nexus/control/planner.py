@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sakura_nexus.geometry import wrap_angles
+from sakura_nexus.sim.layout import ROBOT_RADIUS
+
 __all__ = ["MPPIConfig", "MPPIPlanner", "PlanResult"]
 
 
@@ -54,7 +57,7 @@ class MPPIConfig:
     w_reverse: float = 0.2           # extra cost per (m/s) of reverse speed: the camera looks forward
     w_obstacle: float = 10.0         # mean over the horizon of ((r_safe - clearance) / margin)^2, clearance to
                                      # the map and to ``dynamics.obstacles`` (seen obstacles) if it has one
-    obstacle_radius: float = 0.262   # m, robot footprint radius (contact below this clearance)
+    obstacle_radius: float = ROBOT_RADIUS  # m, robot footprint radius (contact below this clearance)
     obstacle_margin: float = 0.15    # m, the penalty starts at obstacle_radius + margin (r_safe)
     contact_softness: float = 0.03   # m, map clearance -> contact probability (logistic width at the radius)
     w_memory: float = 0.0            # local-minimum escape: penalty near recently visited positions
@@ -96,10 +99,6 @@ def _takes_members(dynamics) -> bool:
     except (TypeError, ValueError, AttributeError):
         return False
     return "members" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def _wrap(a: torch.Tensor) -> torch.Tensor:
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 class MPPIPlanner:
@@ -313,7 +312,7 @@ class MPPIPlanner:
             intrusion = ((c.obstacle_radius + c.obstacle_margin - clearance) / c.obstacle_margin).clamp(min=0)
         # cost-to-go of a unicycle: distance plus the distance-equivalent of turning toward the goal
         # (faded out within heading_radius, where the bearing is ill-defined)
-        bearing = _wrap(direction - poses[..., 2]).abs()
+        bearing = wrap_angles(direction - poses[..., 2]).abs()
         ctg = dist + c.turn_cost * bearing * torch.clamp(dist / c.heading_radius, max=1.0)
         terms = {
             "goal": c.w_goal * ctg.mean(1) + c.w_terminal * ctg[:, -1],

@@ -25,6 +25,8 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+from sakura_nexus.geometry import wrap_angles
+
 __all__ = ["SafetyLimits", "SafeCommand", "SafetyLayer", "goal_reached", "speed_scale"]
 
 # Reasons reported in SafeCommand.reasons (stable strings: diagnostics and tests key on them).
@@ -128,10 +130,6 @@ def speed_scale(uncertainty: float, slow: float, stop: float) -> float:
     return (stop - uncertainty) / (stop - slow)
 
 
-def _wrap(a: float) -> float:
-    return (a + math.pi) % (2 * math.pi) - math.pi
-
-
 def goal_reached(pose, goal, limits: SafetyLimits) -> bool:
     """Within ``goal_tolerance`` (and ``goal_yaw_tolerance`` unless it is >= pi or goal yaw is NaN)."""
     dx, dy = goal[0] - pose[0], goal[1] - pose[1]
@@ -139,7 +137,7 @@ def goal_reached(pose, goal, limits: SafetyLimits) -> bool:
         return False
     if limits.goal_yaw_tolerance >= math.pi or len(goal) < 3 or not math.isfinite(goal[2]):
         return True
-    return abs(_wrap(goal[2] - pose[2])) <= limits.goal_yaw_tolerance
+    return abs(wrap_angles(goal[2] - pose[2])) <= limits.goal_yaw_tolerance
 
 
 def _brake_accel(room: float, dt: float, jerk: float) -> float:

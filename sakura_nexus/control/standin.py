@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sakura_nexus.geometry import wrap_angles
+from sakura_nexus.sim.layout import ROBOT_RADIUS
+
 __all__ = ["Box", "KinematicCell", "StandInWorldModel", "random_layout", "sdf_np", "segment_blocked"]
 
-ROBOT_RADIUS = 0.262   # circumscribed chassis circle of sakura_nexus.sim's RobotSpec
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class KinematicCell:
                 v = 0.0
             else:
                 x, y = nx, ny
-        self._pose = [x, y, (th + math.pi) % (2 * math.pi) - math.pi]
+        self._pose = [x, y, wrap_angles(th)]
         self._vel = (v, w)
         self._time += n * h
         return _StepResult(self.pose, self.velocity, collided, self._time)

@@ -40,6 +40,9 @@ from collections import Counter
 
 import numpy as np
 
+from sakura_nexus.geometry import wrap_angle
+from sakura_nexus.sim.layout import ROBOT_RADIUS
+
 __all__ = ["CONDITIONS", "HELD_OUT_SEED", "run_suite", "suite_main"]
 
 HELD_OUT_SEED = 7000
@@ -48,7 +51,6 @@ CONDITIONS = ("nominal", "unmapped", "moving", "map_free", "shift_wheel", "shift
               "shift_friction_low")
 FLOOR_FRICTION = {"shift_friction": 0.15, "shift_friction_low": 0.05}
 MOVER_SPEED = 0.35      # m/s
-ROBOT_RADIUS = 0.262
 
 
 def _robot_for(condition: str):
@@ -211,7 +213,7 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
             bearing = math.atan2(near.y - res.pose[1], near.x - res.pose[0]) - res.pose[2]
             what = "mover" if mover is not None and near is obs_now[-1] else near.kind
             contact = {"v": cmd[0], "w": cmd[1], "with": what,
-                       "bearing_deg": round(math.degrees(math.remainder(bearing, 2 * math.pi)))}
+                       "bearing_deg": round(math.degrees(wrap_angle(bearing)))}
             break
     else:
         reached = goal_reached(cell.pose, goal, limits)

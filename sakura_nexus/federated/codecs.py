@@ -100,34 +100,33 @@ class _ValueCodec:
         raise NotImplementedError
 
 
-class _F32(_ValueCodec):
-    name = "f32"
-    lossless = True
+class _Float(_ValueCodec):
+    """IEEE floats of ``dtype`` (little-endian); ``limit``: the largest magnitude it holds (None: any float32)."""
 
-    def encode(self, x, rng):
-        return np.ascontiguousarray(x, dtype="<f4").tobytes()
-
-    def decode(self, body, n):
-        need = 4 * n
-        if len(body) < need:
-            raise CodecError("f32 body truncated")
-        return np.frombuffer(body[:need], dtype="<f4").astype(np.float32), need
-
-
-class _F16(_ValueCodec):
-    name = "f16"
+    dtype = "<f4"
+    limit: float | None = None
+    range_name = ""
 
     def encode(self, x, rng):
         x = np.asarray(x, dtype=np.float32)
-        if np.any(np.isfinite(x) & (np.abs(x) > 65504.0)):
-            raise CodecError("f16 codec: value out of float16 range")
-        return np.ascontiguousarray(x, dtype="<f2").tobytes()
+        if self.limit is not None and np.any(np.isfinite(x) & (np.abs(x) > self.limit)):
+            raise CodecError(f"{self.name} codec: value out of {self.range_name} range")
+        return np.ascontiguousarray(x, dtype=self.dtype).tobytes()
 
     def decode(self, body, n):
-        need = 2 * n
+        need = np.dtype(self.dtype).itemsize * n
         if len(body) < need:
-            raise CodecError("f16 body truncated")
-        return np.frombuffer(body[:need], dtype="<f2").astype(np.float32), need
+            raise CodecError(f"{self.name} body truncated")
+        return np.frombuffer(body[:need], dtype=self.dtype).astype(np.float32), need
+
+
+class _F32(_Float):
+    name = "f32"
+    lossless = True
+
+
+class _F16(_Float):
+    name, dtype, limit, range_name = "f16", "<f2", 65504.0, "float16"
 
 
 class _Q8(_ValueCodec):

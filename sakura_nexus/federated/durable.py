@@ -1,16 +1,19 @@
-"""Small durability helpers: atomic file writes and per-robot sequence-range sets."""
+"""Small durability helpers: temp-file clean-up, directory locks and per-robot sequence-range sets (the atomic
+write itself is :mod:`sakura_nexus.atomic`, re-exported here)."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
 import fcntl
-import json
 import os
 import re
 import threading
-import uuid
 from collections.abc import Iterator
+
+from sakura_nexus.atomic import atomic_write as atomic_write
+from sakura_nexus.atomic import atomic_write_json as atomic_write_json
+from sakura_nexus.atomic import fsync_dir as fsync_dir
 
 _ROBOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -20,41 +23,6 @@ def check_robot_id(robot_id: str) -> str:
     if not isinstance(robot_id, str) or not _ROBOT_RE.match(robot_id):
         raise ValueError(f"invalid robot_id {robot_id!r} (use 1-64 chars of [A-Za-z0-9_.-])")
     return robot_id
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir."""
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    if fsync:
-        fsync_dir(d)
-
-
-def atomic_write_json(path: str, obj, *, fsync: bool = True) -> None:
-    atomic_write(path, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode(), fsync=fsync)
 
 
 def clean_temp_files(directory: str) -> int:

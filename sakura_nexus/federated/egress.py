@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sakura_nexus.atomic import atomic_write
+
 from .codecs import CodecError, decode, parse_header
 
 # flattened camera frames we must never see upstream (RGB / gray at the resolutions the project uses)
@@ -127,9 +129,7 @@ def write_audit(directory: str, records: dict[str, dict], robot_id: str = "") ->
         with open(os.path.join(directory, f"{stamp}.{i}.bin"), "wb") as f:
             f.write(b)
     path = os.path.join(directory, f"{stamp}.json")
-    with open(path + ".part", "w") as f:
-        json.dump(doc, f)
-    os.replace(path + ".part", path)
+    atomic_write(path, json.dumps(doc).encode(), fsync=False)
     return path
 
 

@@ -67,8 +67,8 @@ def _preload() -> None:
     """What every exchange imports: the ClientApp runtime and the robot's app module (flwr_app.toml)."""
     import argparse  # noqa: F401
 
-    import flwr.common.args  # noqa: F401
-    import flwr.supercore.tls  # noqa: F401
+    import flwr.common.args
+    import flwr.supercore.tls
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
     import sakura_nexus.federated.flower_app  # noqa: F401

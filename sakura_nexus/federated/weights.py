@@ -32,10 +32,9 @@ __all__ = ["FLAT_VECTOR", "SHIPPED", "STATE_DICT", "load_world_model", "update_t
 def load_world_model(checkpoint: str | None = None):
     """The world model of a checkpoint directory / ``world_model.bin`` file; ``None``, ``""`` or
     ``"shipped"`` = the shipped ``models/``."""
-    from sakura_nexus.models.checkpoint import load_checkpoint
+    from sakura_nexus.models import checkpoint as ckpt
 
-    path = None if checkpoint in (None, "", SHIPPED) else checkpoint
-    return load_checkpoint(path).world_model
+    return ckpt.load_world_model(None if checkpoint in (None, "", SHIPPED) else checkpoint)
 
 
 def world_model_vector(model) -> np.ndarray:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from sakura_nexus.geometry import wrap_angles
+
 __all__ = ["ObstacleMemory", "RangeConfig", "RangeHead", "load_range_head", "save_range_head", "true_ranges"]
 
 
@@ -190,7 +192,7 @@ class ObstacleMemory:
         keep = self.stamps > t - np.where(self.moving, self.moving_memory_s, self.memory_s)
         if len(self.points):
             d = np.hypot(self.points[:, 0] - cx, self.points[:, 1] - cy)
-            b = (np.arctan2(self.points[:, 1] - cy, self.points[:, 0] - cx) - yaw + math.pi) % (2 * math.pi) - math.pi
+            b = wrap_angles(np.arctan2(self.points[:, 1] - cy, self.points[:, 0] - cx) - yaw)
             k = np.clip(np.searchsorted(self._edges, b) - 1, 0, c.bins - 1)
             inside = (np.abs(b) < c.hfov / 2) & (d < c.max_range)
             seen_through = inside & (d < ranges[k] - self.clear_margin)
@@ -235,7 +237,7 @@ class ObstacleMemory:
         c = self.cfg
         _, cx, cy, yaw, ranges = old[0]
         d = np.hypot(new[:, 0] - cx, new[:, 1] - cy)
-        b = (np.arctan2(new[:, 1] - cy, new[:, 0] - cx) - yaw + math.pi) % (2 * math.pi) - math.pi
+        b = wrap_angles(np.arctan2(new[:, 1] - cy, new[:, 0] - cx) - yaw)
         k = np.clip(np.searchsorted(self._edges, b) - 1, 0, c.bins - 1)
         return (np.abs(b) < c.hfov / 2 - 0.05) & (d < ranges[k] - self.moving_margin)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Mapping
 
 import numpy as np
 import torch
+
+from sakura_nexus.atomic import atomic_write as atomic_write  # the one atomic write, re-exported
 
 MAGIC = b"SNXSD\x00v1"
 CODEC = "state-dict-v1"
@@ -103,21 +104,3 @@ def load_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], what
     module.load_state_dict({k: tensors[k].to(v.dtype) for k, v in own.items()})
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename (+ directory fsync)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -23,6 +23,7 @@ from rclpy.lifecycle import State, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sakura_nexus import vision
+from sakura_nexus.models.checkpoint import load_encoder  # manifest-verified, like every loader
 from sakura_nexus.models.encoder import ENCODER_ID, encoder_from_bytes, inference_encoder
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.msg import ModelUpdate, Observation
@@ -30,15 +31,6 @@ from sakura_nexus.params import PERCEPTION
 from sakura_nexus.paths import models_dir
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
-
-
-def load_encoder(path: str):
-    """Load the encoder from an encoder payload file (``state-dict-v1``); empty = shipped encoder."""
-    from sakura_nexus.paths import models_dir
-
-    path = path or str(models_dir() / "encoder.bin")
-    with open(path, "rb") as f:
-        return encoder_from_bytes(f.read())
 
 
 class _AnySize(torch.nn.Module):

@@ -30,6 +30,9 @@ from sakura_nexus.control.learned import SeenObstacles
 from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
 from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
 from sakura_nexus.federated.weights import update_to_world_model_payload
+from sakura_nexus.geometry import set_yaw
+from sakura_nexus.geometry import yaw_of as _yaw
+from sakura_nexus.models.checkpoint import load_world_model  # manifest-verified, like every loader
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.models.world_model import world_model_from_bytes
 from sakura_nexus.msg import ModelUpdate, Observation, WorldState
@@ -39,20 +42,8 @@ from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, sensor_qos, state_qos
 
 
-def load_world_model(path: str = ""):
-    from sakura_nexus.paths import models_dir
-
-    path = path or str(models_dir() / "world_model.bin")
-    with open(path, "rb") as f:
-        return world_model_from_bytes(f.read())
-
-
 def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
-
-
-def _yaw(q) -> float:
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
 
 
 class PolicyNode(NexusNode):
@@ -474,7 +465,7 @@ class PolicyNode(NexusNode):
             ps = PoseStamped()
             ps.header = path.header
             ps.pose.position.x, ps.pose.position.y = float(x), float(y)
-            ps.pose.orientation.z, ps.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+            set_yaw(ps.pose.orientation, yaw)
             path.poses.append(ps)
         return path
 

@@ -49,6 +49,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from sakura_nexus.geometry import set_yaw
+from sakura_nexus.geometry import yaw_of as _yaw_of
 from sakura_nexus.params import SIM
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import describe, model_qos, sensor_qos, state_qos
@@ -68,10 +70,6 @@ CAMERA_FRAME = "camera_optical_frame"
 def _stamp(msg_stamp, t: float) -> None:
     ns = int(round(t * 1e9))
     msg_stamp.sec, msg_stamp.nanosec = divmod(ns, 1_000_000_000)
-
-
-def _yaw_of(q) -> float:
-    return math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
 
 
 def unmapped_obstacles(flat) -> tuple:
@@ -355,7 +353,7 @@ class SimNode(NexusNode):
         od.header.frame_id = "odom"
         od.child_frame_id = "base_link"
         od.pose.pose.position.x, od.pose.pose.position.y = x, y
-        od.pose.pose.orientation.z, od.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+        set_yaw(od.pose.pose.orientation, yaw)
         od.twist.twist.linear.x, od.twist.twist.linear.y = vx, vy
         od.twist.twist.angular.z = wz
         cov = [0.0] * 36

@@ -42,6 +42,7 @@ from std_msgs.msg import Bool
 
 from sakura_nexus.federated import codecs
 from sakura_nexus.federated.weights import update_to_world_model_payload
+from sakura_nexus.geometry import yaw_of as _yaw
 from sakura_nexus.models.checkpoint import load_checkpoint
 from sakura_nexus.models.online import OnlineLearner, Transition
 from sakura_nexus.models.serialization import PayloadError, atomic_write, sha256_hex
@@ -56,10 +57,6 @@ DELTA_CODEC = "dense"
 
 def _t(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
-
-
-def _yaw(q) -> float:
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
 
 
 class _Series:

@@ -80,7 +80,7 @@ class Recorder:
         while not self._stop.is_set() and rclpy.ok():
             try:
                 self._ex.spin_once(timeout_sec=0.1)
-            except Exception:  # noqa: BLE001 - context shut down under us
+            except Exception:  # the context shut down under us: return quietly, else re-raise
                 if self._stop.is_set() or not rclpy.ok():
                     return
                 raise

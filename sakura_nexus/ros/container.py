@@ -25,7 +25,7 @@ import threading
 import rclpy
 
 from sakura_nexus.allocator import tune_for_large_messages
-from sakura_nexus.ros.node import make_executor
+from sakura_nexus.ros.node import make_executor, spin_nodes
 
 # node name -> "module:class"; the node names are the ones the classes give themselves
 COMPOSABLE = {
@@ -100,38 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     executor = make_executor()
     for node in nodes:
         executor.add_node(node)
-    for node in nodes:
-        if node.params.as_dict().get("autostart", True):
-            node.trigger_configure()
-            node.trigger_activate()
     log.info(f"running {', '.join(n.get_fully_qualified_name() for n in nodes)} in one process")
-
-    def spin():
-        # one failing callback must not take the container down: log it, count it, keep spinning
-        while rclpy.ok() and not stop.is_set():
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception as e:  # noqa: BLE001
-                for node in nodes:
-                    node.diag.count("container_callback_errors")
-                log.error(f"callback raised {e!r}", throttle_duration_sec=5.0)
-
-    spinner = threading.Thread(target=spin, name="executor", daemon=True)
-    spinner.start()
-    try:
-        while not stop.wait(0.2):
-            if not spinner.is_alive():
-                break
-    finally:
-        log.info("shutting down")
-        for node in reversed(nodes):   # policy first: its final zero goes out while inputs still flow
-            if node.is_active:
-                node.trigger_deactivate()
-        executor.shutdown(timeout_sec=2.0)
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_nodes(nodes, executor, stop, log, "container_callback_errors")
 
 
 if __name__ == "__main__":

@@ -394,17 +394,29 @@ def run(factory: Callable[[], NexusNode], args=None, threads: int = 2) -> int:
     node = factory()
     executor = make_executor(threads)
     executor.add_node(node)
-    if node.params.as_dict().get("autostart", True):
-        node.trigger_configure()
-        node.trigger_activate()
+    return spin_nodes([node], executor, stop, node.get_logger())
+
+
+def spin_nodes(nodes: list[NexusNode], executor, stop: threading.Event, logger,
+               error_counter: str = "callback_errors") -> int:
+    """Configure + activate the nodes with ``autostart``, spin ``executor`` (holding the nodes) until ``stop``
+    is set, then deactivate the active ones (the last first: the policy's final zero goes out while its
+    inputs still flow), shut the executor down, destroy the nodes and rclpy. One failing callback must not
+    take the process down: it is logged (throttled) and counted as ``error_counter`` in every node's
+    diagnostics. Returns the process exit code."""
+    for node in nodes:
+        if node.params.as_dict().get("autostart", True):
+            node.trigger_configure()
+            node.trigger_activate()
+
     def spin():
-        # One failing callback must not take the node down: log it, count it, keep spinning.
         while rclpy.ok() and not stop.is_set():
             try:
                 executor.spin_once(timeout_sec=0.1)
             except Exception as e:  # noqa: BLE001
-                node.diag.count("callback_errors")
-                node.get_logger().error(f"callback raised {e!r}", throttle_duration_sec=5.0)
+                for node in nodes:
+                    node.diag.count(error_counter)
+                logger.error(f"callback raised {e!r}", throttle_duration_sec=5.0)
 
     spinner = threading.Thread(target=spin, name="executor", daemon=True)
     spinner.start()
@@ -413,10 +425,12 @@ def run(factory: Callable[[], NexusNode], args=None, threads: int = 2) -> int:
             if not spinner.is_alive():
                 break
     finally:
-        node.get_logger().info("shutting down")
-        if node.is_active:
-            node.trigger_deactivate()  # nodes publish their final safe output here
+        logger.info("shutting down")
+        for node in reversed(nodes):
+            if node.is_active:
+                node.trigger_deactivate()  # nodes publish their final safe output here
         executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
+        for node in nodes:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0

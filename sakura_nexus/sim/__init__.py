@@ -31,7 +31,7 @@ _LAZY = ("FactoryCell", "build_mjcf")
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import cell  # noqa: PLC0415  (imports mujoco; sets MUJOCO_GL=egl unless set)
+        from . import cell
 
         return getattr(cell, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,26 +17,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="320x240")
     a = ap.parse_args(argv)
-    from . import CellConfig  # noqa: PLC0415
+    from . import CellConfig
     cfg = CellConfig(seed=a.seed)
     if a.what == "sdf":
-        from .sdf import export_sdf  # noqa: PLC0415
+        from .sdf import export_sdf
         with open(a.out or "worlds/factory_cell.sdf", "w", encoding="utf-8") as f:
             f.write(export_sdf(cfg))
     elif a.what == "frame":
-        import cv2  # noqa: PLC0415
+        import cv2
 
-        from . import FactoryCell  # noqa: PLC0415
+        from . import FactoryCell
         w, h = (int(v) for v in a.size.lower().split("x"))
         cell = FactoryCell(cfg, w, h)
         cv2.imwrite(a.out or "frame.png", cell.render()[:, :, ::-1])
         cell.close()
     else:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
 
-        from . import FactoryCell, plot_cell  # noqa: PLC0415
+        from . import FactoryCell, plot_cell
         cell = FactoryCell(cfg)
         fig, ax = plt.subplots(figsize=(5, 5))
         plot_cell(ax, cell, legend=True)

@@ -23,10 +23,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ.get("MUJOCO_GL") == "egl":
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-from .layout import (  # noqa: E402
+from sakura_nexus.geometry import quaternion_from_yaw, wrap_angle, yaw_from_quaternion
+
+from .layout import (
     CAMERA_NAME,
     KIND_RGBA,
     WHEEL_JOINTS,
@@ -35,7 +37,6 @@ from .layout import (  # noqa: E402
     StepResult,
     generate_layout,
     sample_free_pose,
-    wrap_angle,
 )
 
 _MAX_OFFSCREEN = (1280, 960)
@@ -187,7 +188,7 @@ class _Renderer:
             # A GL context is bound to the thread that made it current: start afresh in this thread.
             self._drop_context()
         if self._gl is None:
-            from mujoco import gl_context  # noqa: PLC0415
+            from mujoco import gl_context
             self._gl = gl_context.GLContext(_MAX_OFFSCREEN[0], _MAX_OFFSCREEN[1])
             self._thread = threading.get_ident()
         self._gl.make_current()
@@ -299,7 +300,7 @@ class FactoryCell:
         """Teleport the robot (velocities zeroed, wheel angles kept)."""
         d = self.data
         d.qpos[0:3] = (x, y, self.cfg.robot.wheel_radius)
-        d.qpos[3:7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        d.qpos[3:7] = quaternion_from_yaw(yaw)
         d.qvel[:] = 0.0
         d.qacc_warmstart[:] = 0.0
         d.ctrl[:] = 0.0
@@ -324,7 +325,7 @@ class FactoryCell:
         if self._mover is None:
             raise ValueError("this cell has no mover (CellConfig.mover is None)")
         self.data.mocap_pos[self._mover] = (x, y, self.cfg.mover.sz / 2)
-        self.data.mocap_quat[self._mover] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        self.data.mocap_quat[self._mover] = quaternion_from_yaw(yaw)
         self._mover_xy = (float(x), float(y), float(yaw))
 
     @property
@@ -392,8 +393,7 @@ class FactoryCell:
     @property
     def pose(self) -> tuple[float, float, float]:
         q = self.data.qpos
-        w, x, y, z = q[3], q[4], q[5], q[6]
-        yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        yaw = yaw_from_quaternion(q[3], q[4], q[5], q[6])
         return float(q[0]), float(q[1]), float(yaw)
 
     @property

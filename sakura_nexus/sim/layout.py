@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sakura_nexus.geometry import footprint_radius
+
 OBSTACLE_KINDS = ("pallet", "box", "machine")
 CAMERA_NAME = "front_camera"
 WHEEL_JOINTS = ("left_wheel_joint", "right_wheel_joint")
@@ -57,7 +59,11 @@ class RobotSpec:
     @property
     def radius(self) -> float:
         """Radius of the circle circumscribing the chassis footprint."""
-        return math.hypot(self.length / 2, self.width / 2)
+        return footprint_radius(self.length, self.width)
+
+
+# The footprint radius the planners, costmaps and stand-ins use (m): RobotSpec's circumscribed circle, to the mm.
+ROBOT_RADIUS = round(RobotSpec().radius, 3)
 
 
 @dataclass
@@ -196,11 +202,6 @@ def _apart(a: Obstacle, a_corners: np.ndarray, b: Obstacle, gap: float) -> bool:
     if d < min(a.sx, a.sy) / 2 + min(b.sx, b.sy) / 2 + gap:
         return False
     return polygon_distance(a_corners, b.corners()) >= gap
-
-
-def wrap_angle(a: float) -> float:
-    """Angle in [-pi, pi] (exact for angles already in range)."""
-    return math.remainder(a, 2 * math.pi)
 
 
 def as_rng(rng) -> np.random.Generator:

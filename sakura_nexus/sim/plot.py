@@ -22,8 +22,8 @@ def plot_cell(ax, cell_or_layout, size=None, robot=True, goal=True, legend=False
     """Draw the cell into ``ax``: walls, obstacles coloured by kind, and (for a FactoryCell) the robot
     pose and goal. ``cell_or_layout``: FactoryCell, Layout, CellConfig, or a list of Obstacle (then
     ``size`` is the cell side, default 6 m). Returns ``ax``. Axes are x right, y up (odom frame)."""
-    from matplotlib import patches  # noqa: PLC0415
-    from matplotlib.transforms import Affine2D  # noqa: PLC0415
+    from matplotlib import patches
+    from matplotlib.transforms import Affine2D
 
     obstacles, side, pose, goal_pose = _resolve(cell_or_layout, size)
     h, t = side / 2, wall_thickness

@@ -166,9 +166,9 @@ def export_sdf(cfg: CellConfig | None = None, image_size=(320, 240), start=None)
     lay = generate_layout(cfg)
     ap = lay.appearance
     if start is None:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
-        from .layout import sample_free_pose  # noqa: PLC0415
+        from .layout import sample_free_pose
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed & 0xFFFFFFFF, 4]))
         start = sample_free_pose(rng, lay.obstacles, cfg.size, cfg.robot.radius, 0.4)
     half, t, h = cfg.size / 2, cfg.wall_thickness, cfg.wall_height
