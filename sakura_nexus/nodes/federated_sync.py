@@ -40,6 +40,7 @@ from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, state_qos
 
 MODEL_ID = "world_model"
+MAX_SEQUENCE_JUMP = 100_000  # deltas; at one per delta_period (>= 1 s) that is a day of lost deltas
 MAX_DELTA_BYTES = 64 << 20  # a world-model delta is ~0.1-1 MB; anything this large is not one
 
 
@@ -195,6 +196,11 @@ class FederatedSyncNode(NexusNode):
         if msg.sequence == 0 or len(msg.payload) > MAX_DELTA_BYTES:
             self.drop("bad_delta", f"sequence {msg.sequence} (starts at 1), {len(msg.payload)} B payload "
                                    f"(at most {MAX_DELTA_BYTES})")
+            return
+        if msg.sequence > self.uplink.state.seq + MAX_SEQUENCE_JUMP:
+            # a robot's sequence grows by one per delta (a kill -9 can skip one): a jump this far would make
+            # every later, genuine delta look like a replay
+            self.drop("sequence_jump", f"sequence {msg.sequence} after {self.uplink.state.seq}")
             return
         if math.isnan(msg.epsilon_spent) or not (math.isfinite(msg.epsilon_budget) and msg.epsilon_budget >= 0) \
                 or msg.epsilon_spent < 0 or not (math.isfinite(msg.dp_delta) and 0 <= msg.dp_delta < 1):
