@@ -153,7 +153,7 @@ def run(args) -> dict:
             raise SystemExit(f"unknown fault {f!r}; known: {FAULTS}")
     result: dict = {"config": {k: v for k, v in vars(args).items()}, "faults": [], "goals": []}
     t_wall0 = time.time()
-    pipe = Pipeline(work, seed=args.seed, fleet=True, hops=True, startup_timeout=240.0)
+    pipe = Pipeline(work, seed=args.seed, controller=args.controller, fleet=True, hops=True, startup_timeout=240.0)
     with pipe:
         sup, m = pipe.sup, pipe.mission
         result["startup_s"] = round(pipe.startup_s, 1)
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal-timeout", type=float, default=40.0, help="wall seconds to reach a goal after a fault")
     ap.add_argument("--drain-timeout", type=float, default=90.0, help="wall seconds for the spool to drain")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--controller", default="learned_mpc", help="policy_node controller (the default's)")
     ap.add_argument("--work", default="", help="run directory (logs, state); default out/bench/soak_run")
     ap.add_argument("--out", default="", help="JSON result; default out/bench/soak.json")
     args = ap.parse_args(argv)

@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 
-FUTURE = 4.0e9  # s: year 2096, ahead of any node clock (sim time or wall time) by far more than max_clock_offset
+FUTURE = 2.1e9  # s: year 2036 (Time.sec is an int32: at most 2.147e9), far ahead of any node clock, sim or wall
 NAN, INF = float("nan"), float("inf")
 POOL = 200  # distinct messages per topic, published in turn
 
