@@ -162,6 +162,20 @@ def run(args) -> dict:
 
         m.node.create_subscription(DiagnosticArray, "/diagnostics", ledgers.on_diag, 200)
         clock_pub = m.node.create_publisher(Clock, "/clock", 10)
+        # policy_node's commands by DDS source time; the garbage on cmd_vel (all NaN / Inf / absurd) is not one
+        from geometry_msgs.msg import Twist
+
+        from sakura_nexus.ros.qos import state_qos
+
+        commands: list = []
+
+        def on_cmd(msg, info):
+            if math.isfinite(msg.linear.x) and math.isfinite(msg.angular.z) and abs(msg.linear.x) < 10:
+                commands.append(info["source_timestamp"])
+                if len(commands) > 20000:
+                    del commands[:10000]
+
+        m.timing.create_subscription(Twist, "cmd_vel", on_cmd, state_qos(50))
         port = int(sup.commands["aggregator"][sup.commands["aggregator"].index("--port") + 1])
         gfile = work / "garbage.json"
         garbage = subprocess.Popen([sys.executable, "-m", "sakura_nexus.ros.garbage", "--rate",
@@ -185,14 +199,15 @@ def run(args) -> dict:
         def flowing(n: int = 5, timeout: float = 120.0, sync: bool = False) -> float | None:
             """Seconds until ``n`` new world states and ``n`` new commands arrived (after a kill: from the new
             process), both goal subscribers are matched and (``sync``) a new sync status came."""
-            # by DDS source time: samples of a killed process still queued here must not count
+            # by DDS source time: samples of a killed process still queued here must not count (the garbage's
+            # world states are stamped 0 or far ahead: at most two keys of ws_src)
             start, t_ns, s0 = time.monotonic(), time.time_ns(), len(m.log.sync)
 
             def fresh(ts) -> int:
                 return sum(1 for t in list(ts)[-200:] if t > t_ns)
 
             while time.monotonic() - start < timeout:
-                if fresh(m.log.ws_src.values()) >= n and fresh(m.log.cmd_src) >= n and m.goal_subscribers() >= 2 \
+                if fresh(m.log.ws_src.values()) >= n and fresh(commands) >= n and m.goal_subscribers() >= 2 \
                         and m.pose is not None and (not sync or len(m.log.sync) > s0):
                     return round(time.monotonic() - start, 2)
                 time.sleep(0.05)
