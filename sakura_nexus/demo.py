@@ -365,10 +365,17 @@ class Mission:
         return stamp.sec * 10**9 + stamp.nanosec
 
     def _on_odom(self, m):
-        q = m.pose.pose.orientation
-        yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
-        self.pose = (m.pose.pose.position.x, m.pose.pose.position.y, yaw)
+        q, p = m.pose.pose.orientation, m.pose.pose.position
         t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+        # the harness is a consumer like any node: odometry that is not the robot's (another frame, NaN,
+        # absurd, not a unit quaternion, stamped far from this node's clock) must not move its pose
+        qn = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+        now = self.now()
+        if m.header.frame_id != "odom" or not all(map(math.isfinite, (p.x, p.y, qn))) \
+                or max(abs(p.x), abs(p.y)) > 1e4 or abs(qn - 1.0) > 0.01 or (now > 0 and abs(t - now) > 1.0):
+            return
+        yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
+        self.pose = (p.x, p.y, yaw)
         if self.recording and (not self.log.path or not 0.0 <= t - self.log.path[-1][0] < 0.1):
             self.log.path.append((t, self.pose[0], self.pose[1]))
 
