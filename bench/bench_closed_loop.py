@@ -121,6 +121,12 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="closed_loop", help="output name (out/bench/<name>.json/.png)")
     ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
                     help="parameter override, e.g. policy_node.samples=64 (repeatable)")
+    from sakura_nexus.demo import COMPOSED_DEFAULT
+
+    ap.add_argument("--composed", action=argparse.BooleanOptionalAction, default=COMPOSED_DEFAULT,
+                    help="perception, world_model and policy in one process (nexus_container)")
+    ap.add_argument("--stack-cpus", default=None, metavar="LIST",
+                    help="run the robot stack under `taskset -c LIST` (the slow-machine check: 0 = one core)")
     args = ap.parse_args(argv)
     overrides: dict = {}
     for item in args.param:
@@ -140,8 +146,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     load_before = os.getloadavg()
     pipe = demo.Pipeline(tmp / "run", seed=args.seed, controller=args.controller, hops=True, diagnostics=True,
-                         overrides=overrides)
-    print(f"closed loop: {args.controller}, {model_note}; logs in {tmp / 'run' / 'logs'}", flush=True)
+                         overrides=overrides, composed=args.composed, stack_cpus=args.stack_cpus)
+    print(f"closed loop: {args.controller}, {'composed' if args.composed else 'separate processes'}"
+          f"{', stack on CPUs ' + args.stack_cpus if args.stack_cpus else ''}, {model_note}; "
+          f"logs in {tmp / 'run' / 'logs'}", flush=True)
     with pipe:
         m = pipe.mission
         log = m.log
@@ -193,7 +201,9 @@ def main(argv=None) -> int:
                 if k in log.info_src and window0_ns <= log.image_src[k] <= window1_ns]
     table, arr, comp_obs = hop_table(log, window0_ns, window1_ns, log.diag)
     ctrl = demo.cmd_gaps(log.cmd_src, 1.0 / 20.0, window0_ns, window1_ns)
-    cpu = {n: round((cpu1[n] - cpu0[n]) / window_s, 3) for n in cpu1}
+    cpu = demo.cpu_cores(cpu0, cpu1, window_s)
+    stack_cpu = cpu.pop("robot_stack")
+    cpu.pop("robot_sync", None)
     lat = common.summary_ms(lat_rx)
     data = {
         "what": "sim_node (MuJoCo, 320x240 @ 30 Hz) + perception + world_model + policy as separate processes; "
@@ -209,6 +219,7 @@ def main(argv=None) -> int:
         "control": ctrl,
         "rss_mb": rss, "rss_total_mb": round(sum(rss.values()), 1), "harness_rss_mb": round(harness_rss, 1),
         "cpu_cores_used": cpu, "cpu_cores_used_total": round(sum(cpu.values()), 3),
+        "robot_stack_cpu_cores": stack_cpu, "composed": args.composed, "stack_cpus": args.stack_cpus,
         "harness_cpu_cores_used": round((harness1 - harness0) / window_s, 3), "param_overrides": overrides,
         "goals_sent": gi, "goals_reached": reached,
         "targets": TARGETS,
@@ -224,7 +235,8 @@ def main(argv=None) -> int:
     plot(data, lat_rx, arr, comp_obs, log, window0_ns, window1_ns, common.out_dir() / f"{args.name}.png")
     print(f"latency image->command: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms "
           f"({lat['n']} of {frames} frames); transport share {table['share']['transport_share_of_total_mean']}; "
-          f"missed ticks {ctrl['missed_ticks']}; RSS {data['rss_total_mb']:.0f} MB; load {load_end[0]:.2f}")
+          f"missed ticks {ctrl['missed_ticks']}; robot stack {stack_cpu:.3f} cores; RSS {data['rss_total_mb']:.0f} MB; "
+          f"load {load_end[0]:.2f}")
     return 0
 
 

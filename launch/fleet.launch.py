@@ -12,6 +12,8 @@ so the initial global model equals the robots' base weights and version:
     sakura-nexus aggregator --store-dir <aggregator_dir> --host <host of superlink> --port <its port>
         --buffer-size <buffer_size> --clip-norm 10.0 --sync-interval 2.0 --init-world-model <checkpoint|shipped>
 
+(robots, buffer_size, superlink, clip norm and sync interval: sakura_nexus.federated.fleet_defaults.FLEET).
+
 Its state (checkpoints, de-dup table, status.json, logs) persists in ``aggregator_dir``: a relaunch
 resumes the global model and version from there. The fleet's model-signing key pair is
 ``<aggregator_dir>/keys`` (generated on the first launch, kept afterwards): the aggregator signs every
@@ -26,6 +28,7 @@ from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchD
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
+from sakura_nexus.federated.fleet_defaults import FLEET
 from sakura_nexus.federated.launcher import aggregator_command
 from sakura_nexus.federated.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
 
@@ -76,11 +79,11 @@ def _aggregator(context, *args, **kwargs):
 
 def generate_launch_description():
     args = [
-        DeclareLaunchArgument("robots", default_value="2", description="Number of simulated robots"),
+        DeclareLaunchArgument("robots", default_value=str(FLEET.robots), description="Number of simulated robots"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(
             get_package_share_directory("sakura_nexus"), "config", "nexus.yaml")),
         DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092",
+        DeclareLaunchArgument("superlink", default_value=FLEET.superlink,
                               description="host:port of the aggregator (Flower SuperLink, one HTTP port)"),
         DeclareLaunchArgument("with_aggregator", default_value="true",
                               description="Start the aggregator here (false: it runs on another host)"),
@@ -89,7 +92,7 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="World-model checkpoint the robots run (= the world_model_node and "
                                           "federated_sync_node checkpoint in params_file; empty = shipped models/)"),
-        DeclareLaunchArgument("buffer_size", default_value="2",
+        DeclareLaunchArgument("buffer_size", default_value=str(FLEET.buffer_size),
                               description="FedBuff K: aggregate every K robot deltas"),
     ]
     return LaunchDescription([*args, OpaqueFunction(function=_aggregator), OpaqueFunction(function=_robots)])

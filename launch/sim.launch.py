@@ -10,9 +10,10 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 
 from sakura_nexus.bringup import FASTDDS_PROFILE, fastdds_profile_env
+from sakura_nexus.params import FEDERATED_SYNC, SIM
 
 
 def generate_launch_description():
@@ -21,12 +22,15 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "nexus.yaml")),
         DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument("seed", default_value="0", description="Factory layout seed"),
+        DeclareLaunchArgument("seed", default_value=str(SIM["seed"].default), description="Factory layout seed"),
         DeclareLaunchArgument("with_sync", default_value="true"),
-        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092"),
+        DeclareLaunchArgument("superlink", default_value=FEDERATED_SYNC["superlink"].default),
         DeclareLaunchArgument("trusted_keys", default_value="", description="Trusted fleet keys file"),
+        DeclareLaunchArgument("composed", default_value="true",
+                              description="perception, world model and policy in one process (nexus_container)"),
     ]
-    sim = Node(
+    # a lifecycle node that configures and activates itself (the robot stand-in is up before the nodes)
+    sim = LifecycleNode(
         package="sakura_nexus", executable="sim_node", name="sim_node", namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), {"seed": LaunchConfiguration("seed")}],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
@@ -38,7 +42,7 @@ def generate_launch_description():
             "namespace": LaunchConfiguration("namespace"), "use_sim_time": "true",
             "params_file": LaunchConfiguration("params_file"), "log_level": LaunchConfiguration("log_level"),
             "with_sync": LaunchConfiguration("with_sync"), "superlink": LaunchConfiguration("superlink"),
-            "trusted_keys": LaunchConfiguration("trusted_keys"),
+            "trusted_keys": LaunchConfiguration("trusted_keys"), "composed": LaunchConfiguration("composed"),
         }.items(),
     )
     # the shipped SHM profile (unless one is set already), under the name the installed Fast DDS reads

@@ -27,6 +27,11 @@ FEDERATED_SYNC = NodeSpec("federated_sync_node", "federated_sync_node")
 SIM = NodeSpec("sim_node", "sim_node")
 
 NEXUS = (PERCEPTION, WORLD_MODEL, POLICY, FEDERATED_SYNC)
+# composed mode (launch argument composed:=true, `sakura-nexus demo --composed`): the robot stack in one
+# process on one executor, each node with its own name, parameters, lifecycle and topics
+# (sakura_nexus.ros.container); federated sync stays a process of its own, at idle priority
+CONTAINER = NodeSpec("nexus_container", "nexus_container")
+COMPOSED = (PERCEPTION, WORLD_MODEL, POLICY)
 
 # Defaults of the remap launch arguments (== the topics sim_node and the Gazebo bridge use).
 TOPIC_DEFAULTS = {
@@ -88,4 +93,34 @@ def ros_args(spec: NodeSpec, params_files: list[str], namespace: str = "", use_s
         if isinstance(v, bool):
             v = "true" if v else "false"
         args += ["-p", f"{k}:={v}"]
+    return args
+
+
+def container_args(specs, params_files: list[str], namespace: str = "", use_sim_time: bool = True,
+                   log_level: str = "info", overrides: dict | None = None, topics: dict | None = None) -> list[str]:
+    """The arguments of ``nexus_container`` running ``specs`` like separate processes would run with
+    :func:`ros_args`: ``overrides`` is node name -> {parameter: value}, applied to that node only; the
+    parameter files, namespace and topic remaps are global (each remapped topic means the same for
+    every node that uses it)."""
+    topics = {**TOPIC_DEFAULTS, **(topics or {})}
+    args: list[str] = []
+    for spec in specs:
+        args += ["--node", spec.name]
+        for k, v in ((overrides or {}).get(spec.name) or {}).items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            args += ["--param", f"{spec.name}:{k}:={v}"]
+    args += ["--ros-args", "--log-level", log_level]
+    if namespace:
+        args += ["-r", f"__ns:=/{namespace.strip('/')}"]
+    remaps = {}
+    for spec in specs:
+        for topic, arg in spec.remaps.items():
+            if topics[arg] != topic:
+                remaps[topic] = topics[arg]
+    for topic, target in remaps.items():
+        args += ["-r", f"{topic}:={target}"]
+    for f in params_files:
+        args += ["--params-file", f]
+    args += ["-p", f"use_sim_time:={'true' if use_sim_time else 'false'}"]
     return args

@@ -45,6 +45,9 @@ from sakura_nexus.paths import config_file
 
 NODE_ORDER = ("sim_node", "perception_node", "world_model_node", "policy_node")
 CLOCK_STEP_MAX = 5.0  # s of sim time per 0.2 s poll (real-time factor 25): a larger step is a clock jump
+# perception + world_model + policy in one process on one executor (bringup.COMPOSED) unless --no-composed;
+# chosen by measurement (docs/closed_loop.md: less CPU and latency than three processes on 2 cores)
+COMPOSED_DEFAULT = True
 
 
 def _prefix() -> pathlib.Path:
@@ -103,11 +106,19 @@ class Supervisor:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, spec: bringup.NodeSpec, overrides: dict | None = None, use_sim_time: bool = True,
-              log_level: str = "info") -> None:
+              log_level: str = "info", wrap: list[str] | None = None) -> None:
         exe = _prefix() / "lib" / "sakura_nexus" / spec.executable
         args = bringup.ros_args(spec, self.params_files, self.namespace, use_sim_time, log_level=log_level,
                                 overrides=overrides)
-        self.start_command(spec.name, [sys.executable, str(exe), *args])
+        self.start_command(spec.name, [*(wrap or []), sys.executable, str(exe), *args])
+
+    def start_composed(self, specs, overrides: dict | None = None, use_sim_time: bool = True,
+                       log_level: str = "info", wrap: list[str] | None = None) -> None:
+        """``specs`` as one ``nexus_container`` process (composed mode); ``overrides``: node -> params."""
+        exe = _prefix() / "lib" / "sakura_nexus" / bringup.CONTAINER.executable
+        args = bringup.container_args(specs, self.params_files, self.namespace, use_sim_time, log_level=log_level,
+                                      overrides=overrides)
+        self.start_command(bringup.CONTAINER.name, [*(wrap or []), sys.executable, str(exe), *args])
 
     def start_command(self, name: str, cmd: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "ab" if name in self.commands else "wb")
@@ -610,7 +621,10 @@ class Pipeline:
 
     def __init__(self, out: pathlib.Path, seed: int = 0, controller: str = "mpc", overrides: dict | None = None,
                  fleet: bool = False, startup_timeout: float = 120.0, hops: bool = False, diagnostics: bool = False,
-                 domain_id: int | None = None):
+                 domain_id: int | None = None, composed: bool = False, stack_cpus: str | None = None):
+        # composed: perception, world_model and policy in one nexus_container process (one executor);
+        # stack_cpus: run those (not sim_node, not the harness) under `taskset -c stack_cpus`
+        self.composed, self.stack_cpus = composed, stack_cpus
         self.out = pathlib.Path(out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.seed, self.controller, self.fleet = seed, controller, fleet
@@ -644,12 +658,20 @@ class Pipeline:
             keys = _fleet_keys(self.out) if self.fleet else None
             trust = {"trusted_keys": keys[1]} if keys else {}
             self.sup.start(bringup.SIM, {"seed": self.seed, **ov.get("sim_node", {})})
-            self.sup.start(bringup.PERCEPTION, {**trust, **(ov.get("perception_node") or {})})
-            self.sup.start(bringup.WORLD_MODEL, {**trust, "state_dir": str(self.out / "state" / "world_model"),
-                                                 # fleet mode: deltas every 3 s so a short demo sees a round
-                                                 **({"delta_period": 3.0} if self.fleet else {}),
-                                                 **ov.get("world_model_node", {})})
-            self.sup.start(bringup.POLICY, {**trust, "controller": self.controller, **ov.get("policy_node", {})})
+            stack = {
+                "perception_node": {**trust, **(ov.get("perception_node") or {})},
+                "world_model_node": {**trust, "state_dir": str(self.out / "state" / "world_model"),
+                                     # fleet mode: deltas every 3 s so a short demo sees a round
+                                     **({"delta_period": 3.0} if self.fleet else {}),
+                                     **ov.get("world_model_node", {})},
+                "policy_node": {**trust, "controller": self.controller, **ov.get("policy_node", {})},
+            }
+            wrap = ["taskset", "-c", str(self.stack_cpus)] if self.stack_cpus else None
+            if self.composed:
+                self.sup.start_composed(bringup.COMPOSED, stack, wrap=wrap)
+            else:
+                for spec in bringup.COMPOSED:
+                    self.sup.start(spec, stack[spec.name], wrap=wrap)
             if self.fleet:
                 _start_fleet(self.sup, self.out, keys)
             self.mission = Mission(**self._mission_kw)
@@ -853,6 +875,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="only goals reachable on an obstacle-free straight line (default: with go_to_goal)")
     ap.add_argument("--fleet", action="store_true",
                     help="also run the fleet aggregator (Flower) and federated_sync_node (adds ~1 min of start-up)")
+    ap.add_argument("--composed", action=argparse.BooleanOptionalAction, default=COMPOSED_DEFAULT,
+                    help="perception, world_model and policy as separate nodes in one process (nexus_container)")
+    ap.add_argument("--stack-cpus", default=None, metavar="LIST",
+                    help="run the robot stack under `taskset -c LIST` (e.g. 0: the stack on one core)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--record", action="store_true",
                     help="write an MCAP bag of the run to OUT/bag (camera as JPEG; for `sakura-nexus train --bag`)")
@@ -870,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"sakura_nexus demo: {e}", file=sys.stderr)
         return 2
-    pipe = Pipeline(out, seed=args.seed, controller=args.controller, fleet=fleet)
+    pipe = Pipeline(out, seed=args.seed, controller=args.controller, fleet=fleet, composed=args.composed,
+                    stack_cpus=args.stack_cpus)
     print(f"sakura_nexus demo: factory seed {args.seed}, {args.goals} goals, controller {args.controller}"
           f"{', with fleet sync' if fleet else ''}; ROS_DOMAIN_ID {pipe.env['ROS_DOMAIN_ID']}; "
           f"logs in {out / 'logs'}", flush=True)
@@ -878,11 +905,13 @@ def main(argv: list[str] | None = None) -> int:
     with pipe:
         print(f"pipeline up after {pipe.startup_s:.1f} s: driving", flush=True)
         recorder = _start_recorder(out / "bag") if args.record else None
+        cpu0, t_cpu0 = pipe.sup.cpu_s(), time.monotonic()
         try:
             drive(pipe.mission, goals, args.goal_timeout, tolerance=0.3, progress=not args.quiet,
                   supervisor=pipe.sup)
         finally:
             recorded = recorder.close() if recorder else None
+        cpu = cpu_cores(cpu0, pipe.sup.cpu_s(), time.monotonic() - t_cpu0)
         pipe.mission.hold()
         if fleet:
             _wait_for_global_model(pipe.mission, timeout=120.0)
@@ -893,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
                               "startup_s": round(pipe.startup_s, 1),
                               "wall_time_s": round(time.monotonic() - t_wall, 1), "rss_mb": rss,
                               "rss_total_mb": round(sum(rss.values()), 1), "exit_codes": pipe.exit_codes,
+                              "composed": args.composed, "stack_cpus": args.stack_cpus,
+                              "cpu_cores_while_driving": cpu,
                               "load_average": [round(v, 2) for v in os.getloadavg()]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     png = write_report(out, log, layout, summary)
@@ -904,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     c = summary["control"]
     print(f"cmd_vel            : {c.get('rate_hz')} Hz, {c['missed_ticks']} control ticks missed")
     print(f"memory (RSS)       : {summary['rss_total_mb']:.0f} MB in {len(rss)} processes")
+    print(f"CPU while driving  : robot stack {cpu['robot_stack']:.3f} cores"
+          + (f", robot-side sync {cpu['robot_sync']:.3f} cores" if "robot_sync" in cpu else "")
+          + f" ({'composed' if args.composed else 'separate processes'})")
     if "federated" in summary:
         f = summary["federated"]
         print(f"global model       : v{f['global_version_start']} -> v{f['global_version_end']}, "
@@ -913,6 +947,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report             : {png}")
     print(f"summary            : {out / 'summary.json'}")
     return 0 if summary["goals_reached"] > 0 and summary["collisions"] == 0 else 1
+
+
+STACK_PROCESSES = ("perception_node", "world_model_node", "policy_node", "nexus_container")
+
+
+def cpu_cores(before: dict, after: dict, seconds: float) -> dict:
+    """CPU cores used per supervised process between two :meth:`Supervisor.cpu_s` readings, plus
+    ``robot_stack`` (perception + world model + policy, or their container) and ``robot_sync``
+    (federated_sync_node with its SuperNode and ClientApp processes) where those ran."""
+    out = {n: round((after[n] - before.get(n, 0.0)) / max(seconds, 1e-9), 3) for n in after}
+    out["robot_stack"] = round(sum(v for n, v in out.items() if n in STACK_PROCESSES), 3)
+    if "federated_sync_node" in out:
+        out["robot_sync"] = out["federated_sync_node"]
+    return out
 
 
 def _start_recorder(path: pathlib.Path):

@@ -318,6 +318,28 @@ POLICY = NodeSchema(
     ),
 )
 
+# The core settings that policy_node parameters set: {core dataclass: {its field: parameter}}. The node builds
+# SafetyLimits / MPPIConfig from this map (core_kwargs); test/test_settings.py checks that each parameter's default
+# equals the dataclass default, except where POLICY_TUNED says why the node's differs.
+POLICY_CORE = {
+    "SafetyLimits": {n: n for n in (
+        "max_v", "max_w", "max_acc_v", "max_acc_w", "max_jerk_v", "max_jerk_w", "watchdog_timeout",
+        "uncertainty_slow", "uncertainty_stop", "collision_stop", "goal_tolerance", "goal_yaw_tolerance")},
+    "MPPIConfig": {"v_max": "max_v", "w_max": "max_w", **{n: n for n in (
+        "samples", "horizon", "iterations", "temperature", "noise_v", "noise_w", "w_goal", "w_collision",
+        "w_obstacle", "w_uncertainty", "w_smooth")}},
+}
+POLICY_TUNED = {
+    "uncertainty_slow": "SafetyLimits keeps model-agnostic bounds; the node's fit the shipped model's latent std",
+    "uncertainty_stop": "SafetyLimits keeps model-agnostic bounds; the node's fit the shipped model's latent std",
+}
+
+
+def core_kwargs(core_map: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of a core dataclass from a node's parameter ``values`` ({field: parameter} map)."""
+    return {fld: values[param] for fld, param in core_map.items()}
+
+
 FEDERATED_SYNC = NodeSchema(
     "federated_sync_node",
     "Compresses and privatises model deltas, spools them durably and syncs with the fleet aggregator.",
@@ -370,6 +392,11 @@ def render_markdown() -> str:
         "*live* parameters can be changed at run time (`ros2 param set`) and take effect on the next "
         "frame or control cycle; *read-only* ones are structural and fixed at start-up. Out-of-range "
         "values are refused with a reason. Every node also takes `use_sim_time`.",
+        "",
+        "Sensor and state topics (not the transient-local model topics) also take ROS QoS overrides, "
+        "read when the node configures: `qos_overrides./<namespace>/<topic>.<publisher|subscription>."
+        "<reliability|history|depth>` (e.g. `qos_overrides./robot1/image_raw.subscription.reliability: "
+        "reliable` under the node's `ros__parameters`; rclpy's QoSOverridingOptions).",
         "",
     ]
     for schema in ALL:

@@ -37,8 +37,10 @@ class NodeProcess:
 
     def __init__(self, module: str, params: dict | None = None, name: str | None = None,
                  remaps: dict | None = None, namespace: str | None = None, env: dict | None = None,
-                 params_file: str | None = None, log_path: str | None = None):
-        cmd = [sys.executable, "-m", f"sakura_nexus.nodes.{module}", "--ros-args"]
+                 params_file: str | None = None, log_path: str | None = None, args: list[str] | None = None):
+        # args: the program's own arguments before --ros-args (module "container": nexus_container)
+        package = "sakura_nexus.ros" if module == "container" else "sakura_nexus.nodes"
+        cmd = [sys.executable, "-m", f"{package}.{module}", *(args or []), "--ros-args"]
         if name:
             cmd += ["-r", f"__node:={name}"]
         if namespace:

@@ -154,6 +154,48 @@ def test_planner_with_seen_obstacles_steers_round_them():
     assert closest(res["seeing"]) > 0.262 and closest(res["blind"]) < 0.262
 
 
+def test_planner_measures_seen_clearance_once_per_rollout_with_the_same_decisions():
+    """The planner measures a rollout's clearance to the seen obstacles once (contact probability +
+    clearance critic). The plans are the same, bit for bit, as on the dynamics that only offers
+    ``collision`` (where the clearance is measured twice), moving points included."""
+    cfg = RangeConfig()
+    mem = ObstacleMemory(cfg, confirm_radius=0.0)
+    ranges = np.full(cfg.bins, cfg.max_range)
+    ranges[5:11] = 0.6
+    mem.update((0.0, 0.0, 0.0), ranges, 0.0)
+    mem.moving[:2] = True                                   # two growing discs along the horizon
+    mem.update((0.0, 0.0, 0.0), ranges, 0.05)
+    assert len(mem) and mem.moving.any()
+
+    class CollisionOnly:                                    # the contract without contact_probability
+        def __init__(self, inner):
+            self.inner, self.obstacles = inner, inner.obstacles
+
+        def rollout(self, z, a, members=None):
+            return self.inner.rollout(z, a)
+
+        def pose(self, z):
+            return self.inner.pose(z)
+
+        def collision(self, z):
+            return self.inner.collision(z)
+
+    calls = []
+    clearance = mem.clearance
+    mem.clearance = lambda xy: (calls.append(tuple(xy.shape)), clearance(xy))[1]
+    once, twice = UnicycleModel(obstacles=mem), CollisionOnly(UnicycleModel(obstacles=mem))
+    plans = {}
+    for name, m in (("once", once), ("twice", twice)):
+        calls.clear()
+        p = MPPIPlanner(m, MPPIConfig(samples=64, seed=3, evaluate_plan=False))
+        z = once.encode_state((0.0, 0.0, 0.0), (0.2, 0.0))
+        plans[name] = [p.plan(z, (2.5, 0.3, math.nan), prev_action=(0.2, 0.0)) for _ in range(5)]
+        plans[name + "_calls"] = sum(1 for s in calls if s[0] == 64)
+    assert plans["once_calls"] == 5 and plans["twice_calls"] == 10
+    for a, b in zip(plans["once"], plans["twice"], strict=True):
+        assert np.array_equal(a.actions, b.actions) and a.info["risk0"] == b.info["risk0"]
+
+
 def test_range_head_shapes_and_mirror_order():
     head = RangeHead(RangeConfig(bins=16), members=3).eval()
     out = head(torch.rand(2, 3, 64, 64))
@@ -172,3 +214,39 @@ def test_mover_path_crosses_the_route_at_the_arrival_time():
     assert abs(y2 - y) == pytest.approx(MOVER_SPEED, abs=1e-6)
     ys = [_mover_xy(plan, t)[1] for t in np.linspace(0, 60, 600)]
     assert max(ys) <= 3.6 + 1e-9 and min(ys) >= 0.4 - 1e-9
+
+
+def test_residual_learns_a_torque_limited_response():
+    """A heavy robot on weak motors: each wheel's ground speed changes by at most 0.03 m/s per step.
+    The wheel-space hinges make that saturation learnable; the kinematic model overshoots it."""
+    cfg = UnicycleConfig()
+    h = cfg.half_track
+    res, kin = ResidualUnicycle(cfg), UnicycleModel(cfg)
+
+    def truth(v, w, cmd):
+        uv, uw = res.rate_limit(v, w, cmd)
+        wheels = np.array([v - h * w, v + h * w])
+        target = np.array([uv - h * uw, uv + h * uw])
+        wheels = wheels + np.clip(target - wheels, -0.03, 0.03)
+        return (wheels[0] + wheels[1]) / 2, (wheels[1] - wheels[0]) / (2 * h)
+
+    rng = np.random.default_rng(1)
+    v = w = 0.0
+    for k in range(1500):
+        if k % 10 == 0:
+            cmd = (rng.uniform(0.0, 0.5), rng.uniform(-1.2, 1.2))
+        nv, nw = truth(v, w, cmd)
+        res.observe((v, w), cmd, (nv, nw), refit=False)
+        v, w = nv, nw
+    res.fit()
+    cmds = np.tile([0.5, 0.6], (15, 1))
+    pose, vel, path = np.zeros(3), (0.0, 0.0), []
+    for c in cmds:
+        vel = truth(*vel, c)
+        mid = pose[2] + 0.5 * vel[1] * cfg.dt
+        pose = pose + (vel[0] * math.cos(mid) * cfg.dt, vel[0] * math.sin(mid) * cfg.dt, vel[1] * cfg.dt)
+        path.append(pose.copy())
+    err_learned = np.hypot(*(rollout_poses(res, (0, 0, 0), (0, 0), cmds)[-1, :2] - path[-1][:2]))
+    err_kin = np.hypot(*(rollout_poses(kin, (0, 0, 0), (0, 0), cmds)[-1, :2] - path[-1][:2]))
+    assert err_kin > 0.1
+    assert err_learned < 0.2 * err_kin

@@ -62,6 +62,48 @@ def test_params_file_and_namespace_reach_every_node(ros_node):
             p.stop()
 
 
+def test_composed_container_keeps_each_node_its_name_namespace_and_parameters(ros_node):
+    """Composed mode (nexus_container, as the demo and `composed:=true` start it): the three nodes in one
+    process, each under its own name in the namespace with the params file's values; a per-node
+    override reaches that node only."""
+    ns = "robot8"
+    args = bringup.container_args(bringup.COMPOSED, [str(PARAMS)], namespace=ns,
+                                  overrides={"policy_node": {"controller": "kinematic_mpc", "autostart": False},
+                                             "perception_node": {"autostart": False},
+                                             "world_model_node": {"autostart": False}})
+    i = args.index("--ros-args")
+    p = NodeProcess("container", args=args[:i], namespace=ns, params_file=str(PARAMS),
+                    params={"use_sim_time": True})
+    try:
+        for spec in bringup.COMPOSED:
+            expected = _expected(spec.name)
+            if spec.name == "policy_node":
+                expected["controller"] = "kinematic_mpc"
+            _check_params(ros_node, f"/{ns}/{spec.name}", expected, sim_time=True)
+            assert ros_node.get_params(f"/{ns}/{spec.name}", ["autostart"], timeout=10)["autostart"] is False
+        assert p.alive(), p.output()
+    finally:
+        assert p.stop() == 0, p.output()
+
+
+def test_container_arguments_parse_per_node_and_global():
+    from sakura_nexus.ros.container import DEFAULT_NODES, parse
+
+    args = bringup.container_args(bringup.COMPOSED, [str(PARAMS)], namespace="r1",
+                                  overrides={"policy_node": {"controller": "learned_mpc", "twist_stamped": True}},
+                                  topics={"camera_topic": "/cam/img"})
+    names, local, ros = parse(args)
+    assert names == [s.name for s in bringup.COMPOSED] == list(DEFAULT_NODES)
+    assert local["policy_node"] == ["--ros-args", "-p", "controller:=learned_mpc", "-p", "twist_stamped:=true"]
+    assert local["perception_node"] == ["--ros-args"]
+    assert ros[0] == "--ros-args" and "__ns:=/r1" in ros and "image_raw:=/cam/img" in ros
+    assert "__node:=" not in " ".join(ros)      # a global node-name remap would rename every node
+    for bad in (["--node", "sim_node"], ["--param", "policy_node:controller"], ["--node"],
+                ["--node", "policy_node", "--param", "perception_node:x:=1"], ["stray"]):
+        with pytest.raises(ValueError):
+            parse(bad)
+
+
 def test_bringup_ros_args_match_the_launch_file_remaps():
     args = bringup.ros_args(bringup.PERCEPTION, [str(PARAMS)], namespace="r1", topics={"camera_topic": "/cam/img"})
     assert ["-r", "__ns:=/r1"] == args[args.index("__ns:=/r1") - 1: args.index("__ns:=/r1") + 1]

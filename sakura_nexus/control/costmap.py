@@ -116,15 +116,21 @@ def _relax(d: np.ndarray, step: np.ndarray, max_iter: int = 10000) -> np.ndarray
     n0, n1 = d.shape
     moves = [(-1, 0, 1.0), (1, 0, 1.0), (0, -1, 1.0), (0, 1, 1.0),
              (-1, -1, _SQ2), (-1, 1, _SQ2), (1, -1, _SQ2), (1, 1, _SQ2)]
+    # per move: source / target slices and the edge costs (mean step cost of the two cells), which do
+    # not change between sweeps: computed once, not once per sweep (the same values, the same result)
+    edges = []
+    for di, dj, w in moves:
+        src = (slice(max(di, 0), n0 + min(di, 0)), slice(max(dj, 0), n1 + min(dj, 0)))
+        tgt = (slice(max(-di, 0), n0 + min(-di, 0)), slice(max(-dj, 0), n1 + min(-dj, 0)))
+        edges.append((src, tgt, 0.5 * w * (step[src] + step[tgt])))
+    buf = np.empty_like(d)
     for _ in range(max_iter):
         new = d.copy()
-        for di, dj, w in moves:
-            # value reached from neighbour (i+di, j+dj): d[nb] + mean step cost of the two cells
-            src = d[max(di, 0): n0 + min(di, 0), max(dj, 0): n1 + min(dj, 0)]
-            cost = 0.5 * w * (step[max(di, 0): n0 + min(di, 0), max(dj, 0): n1 + min(dj, 0)]
-                              + step[max(-di, 0): n0 + min(-di, 0), max(-dj, 0): n1 + min(-dj, 0)])
-            tgt = new[max(-di, 0): n0 + min(-di, 0), max(-dj, 0): n1 + min(-dj, 0)]
-            np.minimum(tgt, src + cost, out=tgt)
+        for src, tgt, cost in edges:
+            # value reached from neighbour (i+di, j+dj): d[nb] + the edge cost
+            b = buf[tgt]
+            np.add(d[src], cost, out=b)
+            np.minimum(new[tgt], b, out=new[tgt])
         if np.array_equal(new, d):
             return new
         d = new

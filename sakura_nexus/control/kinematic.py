@@ -40,6 +40,7 @@ class UnicycleConfig:
     max_acc_v: float = 1.0        # m/s^2
     max_acc_w: float = 3.0        # rad/s^2
     radius: float = 0.262         # m, footprint circle: contact below this clearance
+    half_track: float = 0.13      # m, half the wheel separation (the sim robot's RobotSpec)
     contact_softness: float = 0.03  # m, logistic width of the clearance -> contact probability map
 
     @classmethod
@@ -73,8 +74,13 @@ class UnicycleModel:
     def collision(self, z: torch.Tensor) -> torch.Tensor:
         if self.obstacles is None:
             return torch.zeros(z.shape[:-1], dtype=z.dtype)
+        return self.contact_probability(self.obstacles.clearance(z[..., :2]))
+
+    def contact_probability(self, clearance: torch.Tensor) -> torch.Tensor:
+        """Contact probability for a clearance to ``obstacles`` (what :meth:`collision` returns for the
+        states that clearance was measured at). The planner measures the seen-obstacle clearance of a
+        rollout once and passes it here and to its clearance critic."""
         c = self.config
-        clearance = self.obstacles.clearance(z[..., :2])
         return torch.sigmoid((c.radius - clearance) / c.contact_softness)
 
     def rollout(self, z: torch.Tensor, actions: torch.Tensor, members=None):
@@ -107,19 +113,28 @@ class UnicycleModel:
 class ResidualUnicycle(UnicycleModel):
     """:class:`UnicycleModel` whose velocity response is learned online (see module docstring).
 
-    Executed ``(v, w)_t = W^T phi_t`` with ``phi = (v_prev, w_prev, u_v, u_w, u_v |u_w|, |u_w|, 1)``,
-    ``u`` the rate-limited command. Prior mean ``W0``: ``v = u_v``, ``w = u_w`` (the kinematic model).
-    Posterior mean with prior precision ``prior_weight`` per weight and forgetting ``forget`` per
-    observed step: ``W = (F + lam I)^-1 (G + lam W0)``, ``F = sum f^k phi phi^T``, ``G = sum f^k phi y^T``."""
+    Executed ``(v, w)_t = W^T phi_t`` with ``u`` the rate-limited command and
+    ``phi = (v_prev, w_prev, u_v, u_w, u_v |u_w|, |u_w|, 1, hinges)``. The hinges are, for each wheel, the
+    demanded change of wheel ground speed (``dl, dr = (u_v - v) -/+ half_track (u_w - w)``) clipped at
+    ``HINGES`` m/s and scaled to a common size: a sum of them is any saturating response, which is what a
+    torque-limited motor under load or a wheel slipping on a slick floor gives, and in wheel space it
+    couples the linear and angular accelerations the way a shared torque budget does. Prior mean
+    ``W0``: ``v = u_v``, ``w = u_w`` (the kinematic model). Posterior mean with prior precision
+    ``prior_weight`` per weight and forgetting ``forget`` per observed step:
+    ``W = (F + lam I)^-1 (G + lam W0)``, ``F = sum f^k phi phi^T``, ``G = sum f^k phi y^T``.
+    Chosen on development data (adaptation layouts 500.., test layouts 6000..6007): docs/evaluation.md."""
 
-    FEATURES = 7
+    HINGES = (0.01, 0.02, 0.04, 0.06, 0.1)   # m/s per model step
+    FEATURES = 7 + 2 * len(HINGES)
 
-    def __init__(self, config: UnicycleConfig | None = None, obstacles=None, prior_weight: float = 2.0,
-                 forget: float = 0.999, min_speed: float = 0.02):
+    def __init__(self, config: UnicycleConfig | None = None, obstacles=None, prior_weight: float = 0.1,
+                 forget: float = 0.9998, min_speed: float = 0.02):
         super().__init__(config, obstacles)
         self.prior_weight, self.forget, self.min_speed = float(prior_weight), float(forget), float(min_speed)
         self.w0 = np.zeros((self.FEATURES, 2))
         self.w0[2, 0] = self.w0[3, 1] = 1.0
+        self._hinge_np = np.asarray(self.HINGES)
+        self._hinge_t = torch.tensor(self.HINGES, dtype=torch.float32)
         self.reset_learning()
 
     def reset_learning(self) -> None:
@@ -130,14 +145,37 @@ class ResidualUnicycle(UnicycleModel):
 
     def _set_weights(self, w: np.ndarray) -> None:
         self.weights = w
-        self._wt = torch.tensor(w, dtype=torch.float32)
+        wt = torch.tensor(w, dtype=torch.float32)
+        self._wt_base, self._wt_bias = wt[:6], wt[6]
+        self._wt_hinge = wt[7:] * torch.tensor(0.1 / self._hinge_np, dtype=torch.float32).repeat(2)[:, None]
+        h = self.config.half_track
+        self._wheel = torch.tensor([[1.0, 1.0], [-h, h]], dtype=torch.float32)   # (dv, dw) -> (dl, dr)
 
     def features(self, v, w, uv, uw):
-        lib = torch if isinstance(v, torch.Tensor) else np
-        return lib.stack([v, w, uv, uw, uv * lib.abs(uw), lib.abs(uw), lib.ones_like(v)], -1)
+        h = self.config.half_track
+        dv, dw = uv - v, uw - w
+        if isinstance(v, torch.Tensor):
+            c = self._hinge_t.to(v.dtype)
+            d = torch.stack([dv - h * dw, dv + h * dw], -1)[..., None]           # (..., 2, 1)
+            hinge = (torch.minimum(torch.maximum(d, -c), c) * (0.1 / c)).flatten(-2)
+            base = torch.stack([v, w, uv, uw, uv * uw.abs(), uw.abs(), torch.ones_like(v)], -1)
+            return torch.cat([base, hinge], -1)
+        c = self._hinge_np
+        d = np.stack([dv - h * dw, dv + h * dw], -1)[..., None]
+        hinge = (np.clip(d, -c, c) * (0.1 / c)).reshape(*np.shape(v), -1)
+        base = np.stack([v, w, uv, uw, uv * np.abs(uw), np.abs(uw), np.ones_like(v)], -1)
+        return np.concatenate([base, hinge], -1)
 
     def _response(self, v, w, uv, uw):
-        vw = self.features(v, w, uv, uw) @ self._wt.to(v.dtype)
+        # features() @ weights, in fewer tensor ops (this runs B x H times per plan): the hinge scale is
+        # folded into the weights (_set_weights) and the wheel transform is one small matmul
+        vw0, u = torch.stack([v, w], -1), torch.stack([uv, uw], -1)
+        d = ((u - vw0) @ self._wheel.to(v.dtype))[..., None]                   # (B, 2, 1): dl, dr
+        c = self._hinge_t.to(v.dtype)
+        hinge = torch.minimum(torch.maximum(d, -c), c).flatten(-2)
+        auw = uw.abs()
+        base = torch.cat([vw0, u, torch.stack([uv * auw, auw], -1)], -1)
+        vw = base @ self._wt_base.to(v.dtype) + hinge @ self._wt_hinge.to(v.dtype) + self._wt_bias.to(v.dtype)
         c = self.config
         return vw[:, 0].clamp(-c.max_v * 1.2, c.max_v * 1.2), vw[:, 1].clamp(-c.max_w * 1.2, c.max_w * 1.2)
 
@@ -178,7 +216,10 @@ class ResidualUnicycle(UnicycleModel):
                 "prior_weight": self.prior_weight, "forget": self.forget}
 
     def load_state_dict(self, d: dict) -> None:
-        self._F, self._G = np.asarray(d["F"], dtype=float), np.asarray(d["G"], dtype=float)
+        F, G = np.asarray(d["F"], dtype=float), np.asarray(d["G"], dtype=float)
+        if F.shape != (self.FEATURES, self.FEATURES) or G.shape != (self.FEATURES, 2):
+            raise ValueError(f"residual statistics for {F.shape[0]} features, this model has {self.FEATURES}")
+        self._F, self._G = F, G
         self.samples = float(d["samples"])
         self.fit()
 

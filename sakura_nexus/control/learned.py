@@ -42,6 +42,15 @@ def _route_grid(cell_map, goal, pose):
     return np.zeros((n[1], n[0]), dtype=np.int16), MAP_RESOLUTION, (float(lo[0]), float(lo[1]))
 
 
+def _cost_to_go(grid, resolution: float, origin, goal, radius: float):
+    """The cost-to-go to ``goal`` over an int16 occupancy ``grid`` (rows = y), obstacles inflated by
+    ``radius``: the one place both controllers and the seen-obstacle route build it."""
+    from .costmap import CostToGo
+
+    h, w = grid.shape
+    return CostToGo.from_occupancy(grid.ravel(), w, h, resolution, origin, goal[:2], radius=radius)
+
+
 class SeenObstacles:
     """What the camera saw, for the planner: the :class:`ObstacleMemory` (the dynamics' ``obstacles``:
     clearance critic and contact probability at once) and the route over the static grid with the
@@ -67,12 +76,8 @@ class SeenObstacles:
     def set_static(self, grid, resolution: float, origin, goal, field=None) -> None:
         """The static occupancy grid (int16 rows = y; or None: map-free) for ``goal``; ``field``: its
         cost-to-go if the caller already built it."""
-        from .costmap import CostToGo
-
         if grid is not None and field is None:
-            h, w = grid.shape
-            field = CostToGo.from_occupancy(grid.ravel(), w, h, resolution, origin, goal[:2],
-                                            radius=self.map_clearance)
+            field = _cost_to_go(grid, resolution, origin, goal, self.map_clearance)
         self._static = None if grid is None else (np.asarray(grid, np.int16), float(resolution),
                                                   (float(origin[0]), float(origin[1])), field)
         self._routed = (-math.inf, -1)
@@ -92,16 +97,13 @@ class SeenObstacles:
 
     def route(self, goal, pose, t: float):
         """The cost-to-go to ``goal`` over the static grid (or a free grid) with the seen points."""
-        from .costmap import CostToGo
-
         if self._static is not None:
             grid, res, origin, _ = self._static
         else:
             grid, res, origin = _route_grid(None, goal, pose)
         marked = self.memory.mark(grid, res, origin)
-        h, w = marked.shape
         self._routed = (t, self.memory.version)
-        return CostToGo.from_occupancy(marked.ravel(), w, h, res, origin, goal[:2], radius=self.map_clearance)
+        return _cost_to_go(marked, res, origin, goal, self.map_clearance)
 
 
 class KinematicMPC(Controller):
@@ -119,11 +121,7 @@ class KinematicMPC(Controller):
         self.planner.reset()
         field = None
         if self.cell_map is not None:
-            from .costmap import CostToGo
-
-            grid, res, origin = _route_grid(self.cell_map, goal, goal)
-            h, w = grid.shape
-            field = CostToGo.from_occupancy(grid.ravel(), w, h, res, origin, goal[:2], radius=self.map_clearance)
+            field = _cost_to_go(*_route_grid(self.cell_map, goal, goal), goal, self.map_clearance)
         self.planner.set_cost_to_go(field)
 
     def act(self, obs: Observation) -> ControlOutput:
@@ -150,7 +148,7 @@ class LearnedMPC(Controller):
         self.model = residual if residual is not None else ResidualUnicycle(model)
         self.model.obstacles = self.seen.memory if range_head is not None else None
         self.planner = MPPIPlanner(self.model, config)
-        self.cell_map, self.map_clearance, self.learn = cell_map, map_clearance, learn
+        self.cell_map, self.learn = cell_map, learn   # the map inflation is self.seen.map_clearance
         self._goal = None
         self._last = None           # (time, velocity) of the previous step, for the residual
 
@@ -161,8 +159,8 @@ class LearnedMPC(Controller):
         field = None
         if self.cell_map is not None:
             grid, res, origin = _route_grid(self.cell_map, goal, goal)
-            self.seen.set_static(grid, res, origin, goal)
-            field = self.seen._static[3]
+            field = _cost_to_go(grid, res, origin, goal, self.seen.map_clearance)
+            self.seen.set_static(grid, res, origin, goal, field)
         else:
             self.seen.set_static(None, 0.0, (0.0, 0.0), goal)
         self.planner.set_cost_to_go(field)

@@ -208,9 +208,13 @@ class MPPIPlanner:
                 acts = self._feasible(acts)
                 zs, sigma = self.dynamics.rollout(zb, acts, **self._kw)
                 poses = self.dynamics.pose(zs)
-                risk = self.dynamics.collision(zs).to(self.dtype)
+                seen_clearance = self._seen_clearance(poses)
+                if seen_clearance is not None:      # measured once: contact probability + clearance critic
+                    risk = self.dynamics.contact_probability(seen_clearance).to(self.dtype)
+                else:
+                    risk = self.dynamics.collision(zs).to(self.dtype)
                 cost, terms = self._cost(acts, poses.to(self.dtype), risk, sigma.to(self.dtype), gx, gy, gyaw,
-                                         mem)
+                                         mem, seen_clearance)
                 cost = torch.nan_to_num(cost, nan=1e9, posinf=1e9)
                 s_min = cost.min()
                 wts = torch.softmax(-(cost - s_min) / c.temperature, 0)
@@ -279,7 +283,15 @@ class MPPIPlanner:
             prev = cur
         return (out * self._step).transpose(0, 1)
 
-    def _cost(self, acts, poses, risk, sigma, gx, gy, gyaw, mem):
+    def _seen_clearance(self, poses):
+        """Clearance (B, H) of the rollout to ``dynamics.obstacles`` (what the camera saw), or None when
+        the dynamics has no obstacle memory or cannot turn a clearance into a contact probability."""
+        seen = getattr(self.dynamics, "obstacles", None)
+        if seen is None or not hasattr(self.dynamics, "contact_probability"):
+            return None
+        return seen.clearance(poses[..., :2])
+
+    def _cost(self, acts, poses, risk, sigma, gx, gy, gyaw, mem, seen_clearance=None):
         c = self.config
         clearance = None
         if self._ctg is None:                                            # map-free: straight line
@@ -294,7 +306,7 @@ class MPPIPlanner:
             dist, direction = self._ctg.sample(poses[..., :2])
         seen = getattr(self.dynamics, "obstacles", None)
         if c.w_obstacle > 0 and seen is not None:                        # what the camera saw (not on the map)
-            sc = seen.clearance(poses[..., :2]).to(poses.dtype)
+            sc = (seen.clearance(poses[..., :2]) if seen_clearance is None else seen_clearance).to(poses.dtype)
             clearance = sc if clearance is None else torch.minimum(clearance, sc)
         intrusion = None
         if clearance is not None:

@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from sakura_nexus.params import FEDERATED_SYNC, WORLD_MODEL
+
 __all__ = ["METHODS", "ExperimentConfig", "SiteSpec", "default_sites", "experiment_main", "run_experiment"]
 
 METHODS = ("local", "fedbuff", "fedbuff_keep_local", "fedavg", "central", "fedbuff_dp", "fedbuff_dpsgd")
@@ -82,29 +84,29 @@ def default_sites() -> list[SiteSpec]:
 class ExperimentConfig:
     rounds: int = 240
     local_steps: int = 5  # gradient steps per site per round
-    batch_size: int = 32
-    lr: float = 3e-4  # the on-robot default (params: learning_rate)
+    batch_size: int = WORLD_MODEL["batch_size"].default  # the on-robot default
+    lr: float = WORLD_MODEL["learning_rate"].default  # the on-robot default
     lr_schedule: str = "cosine"  # "constant" | "cosine": per-round cosine decay from lr to lr * lr_final
     lr_final: float = 0.05
-    grad_clip: float = 10.0  # OnlineLearner guard (steps above it are skipped)
+    grad_clip: float = WORLD_MODEL["grad_clip"].default  # OnlineLearner guard (steps above it are skipped)
     trainable: str = "dynamics"  # the on-robot default
     train_episodes: int = 3  # per site: 30 s of driving with the new robot variant
     test_episodes: int = 2  # per site (held out: evaluated only, never selected on)
     val_episodes: int = 1  # per site: the validation split every method's checkpoint is selected on
     steps_per_episode: int = 100
     image_size: int = 64
-    codec: str = "topk0.015+q8"
+    codec: str = FEDERATED_SYNC["codec"].default  # the robots' uplink codec
     error_feedback: str = "residual"  # "residual" (shipped ErrorFeedback) | "keep_local" | "off" (_Runner.fedbuff)
-    uplink_clip: float = 10.0  # robot-side L2 clip of each delta (federated_sync clip_norm default)
+    uplink_clip: float = FEDERATED_SYNC["clip_norm"].default  # robot-side L2 clip of each delta
     exchange: str = "trainable"  # "trainable" (dynamics + collision head) | "all" (every parameter)
     dp_clip: float | None = None  # None: from dp_noise_budget (see dp_clip_for)
     dp_noise: float = 1.0
     dp_noise_budget: float = 0.01  # accumulated DP noise per coordinate / RMS of the trainable weights
-    dp_delta: float = 1e-5
+    dp_delta: float = WORLD_MODEL["dp_delta"].default
     # record-level DP-SGD on every site's learner (fedbuff_dpsgd): the noise multiplier is the smallest
     # that keeps epsilon <= dpsgd_epsilon at dp_delta over ALL of a site's steps (rounds * local_steps)
     dpsgd_epsilon: float = 8.0
-    dpsgd_clip: float = 1.0  # per-sample gradient L2 clip
+    dpsgd_clip: float = WORLD_MODEL["dp_clip_norm"].default  # per-sample gradient L2 clip
     dpsgd_noise: float | None = None  # None: from dpsgd_epsilon (privacy.noise_for_epsilon)
     seed: int = 0
     data_seed: int = 7

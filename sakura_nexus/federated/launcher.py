@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
+from .fleet_defaults import FLEET
+
 AIRGAP_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -817,13 +819,14 @@ def aggregator_main(argv: list[str] | None = None) -> int:
 
 
 def aggregator_command(store_dir: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
-                       init_world_model: str | None = "shipped", buffer_size: int = 2, clip_norm: float = 10.0,
-                       sync_interval: float = 2.0, allowed_codecs: str | None = None,
+                       init_world_model: str | None = "shipped", buffer_size: int = FLEET.buffer_size,
+                       clip_norm: float = FLEET.clip_norm, sync_interval: float = FLEET.sync_interval_s,
+                       allowed_codecs: str | None = None,
                        signing_key: str | None = None, executable: list[str] | None = None,
                        extra: tuple[str, ...] = ()) -> list[str]:
     """The ``sakura-nexus aggregator`` command line for a fleet whose robots run ``init_world_model``
     (checkpoint dir / world_model.bin / ``shipped``): used by launch/fleet.launch.py and the demo.
-    ``executable`` defaults to ``[python, -m, sakura_nexus]``."""
+    ``executable`` defaults to ``[python, -m, sakura_nexus]``; the fleet defaults are :data:`FLEET`."""
     cmd = list(executable or [sys.executable, "-m", "sakura_nexus"]) + [
         "aggregator", "--store-dir", str(store_dir), "--host", host, "--port", str(int(port)),
         "--buffer-size", str(int(buffer_size)), "--clip-norm", repr(float(clip_norm)),

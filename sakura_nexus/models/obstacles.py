@@ -166,7 +166,7 @@ class ObstacleMemory:
         self.stamps = np.zeros(0)
         self.moving = np.zeros(0, dtype=bool)
         self._frames: list = []        # recent (t, cx, cy, yaw, ranges): was a new point's place free?
-        self._prev_candidates = self._candidates = np.zeros((0, 2))
+        self._prev_candidates = np.zeros((0, 2))
         self._t = None
         self._pts_t = torch.zeros(0, 2)
         self._grow_t = torch.zeros(0)
@@ -204,7 +204,7 @@ class ObstacleMemory:
                 new = new[~np.asarray(known(new), dtype=bool)]
             # a ray end counts once the previous frame saw something within confirm_radius of it:
             # single-frame errors of the head do not become obstacles
-            cand, self._candidates = new, new
+            cand = new
             if len(new) and self.confirm_radius > 0:
                 prev = self._prev_candidates
                 if len(prev):

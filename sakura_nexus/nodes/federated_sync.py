@@ -161,6 +161,13 @@ class FederatedSyncNode(NexusNode):
         self._stop_supernode()
         return super().on_deactivate(state)
 
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._stop_supernode()
+        if self.uplink is not None:
+            self.uplink.close()  # releases the spool for the next configure
+        self.uplink = self.spool = self.supernode = None
+        return super().on_cleanup(state)
+
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_supernode()
         return super().on_shutdown(state)

@@ -33,7 +33,7 @@ from sakura_nexus.federated.weights import update_to_world_model_payload
 from sakura_nexus.models.serialization import PayloadError
 from sakura_nexus.models.world_model import world_model_from_bytes
 from sakura_nexus.msg import ModelUpdate, Observation, WorldState
-from sakura_nexus.params import POLICY
+from sakura_nexus.params import POLICY, POLICY_CORE, core_kwargs
 from sakura_nexus.priority import deprioritise_current_thread
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, sensor_qos, state_qos
@@ -100,23 +100,18 @@ class PolicyNode(NexusNode):
     # --- parameters -------------------------------------------------------------------------
     def _limits(self) -> SafetyLimits:
         p = self.params
-        return SafetyLimits(
-            max_v=max(p.max_v, 1e-6), max_w=max(p.max_w, 1e-6), max_acc_v=p.max_acc_v, max_acc_w=p.max_acc_w,
-            max_jerk_v=p.max_jerk_v, max_jerk_w=p.max_jerk_w, control_period=1.0 / p.control_rate,
-            watchdog_timeout=p.watchdog_timeout, uncertainty_slow=min(p.uncertainty_slow, p.uncertainty_stop - 1e-6),
-            uncertainty_stop=p.uncertainty_stop, collision_stop=max(p.collision_stop, 1e-6),
-            goal_tolerance=p.goal_tolerance, goal_yaw_tolerance=p.goal_yaw_tolerance)
+        kw = core_kwargs(POLICY_CORE["SafetyLimits"], p.as_dict())
+        kw.update(max_v=max(p.max_v, 1e-6), max_w=max(p.max_w, 1e-6), control_period=1.0 / p.control_rate,
+                  uncertainty_slow=min(p.uncertainty_slow, p.uncertainty_stop - 1e-6),
+                  collision_stop=max(p.collision_stop, 1e-6))
+        return SafetyLimits(**kw)
 
     def _unicycle_config(self) -> UnicycleConfig:
         # the planner steps at the world model's model_dt (0.1 s), the unicycle too
         return UnicycleConfig.from_limits(self._limits(), dt=0.1)
 
     def _mppi_config(self) -> MPPIConfig:
-        p = self.params
-        return MPPIConfig(samples=p.samples, horizon=p.horizon, iterations=p.iterations, temperature=p.temperature,
-                          noise_v=p.noise_v, noise_w=p.noise_w, v_max=p.max_v, w_max=p.max_w, w_goal=p.w_goal,
-                          w_collision=p.w_collision, w_uncertainty=p.w_uncertainty, w_smooth=p.w_smooth,
-                          w_obstacle=p.w_obstacle)
+        return MPPIConfig(**core_kwargs(POLICY_CORE["MPPIConfig"], self.params.as_dict()))
 
     def _on_params(self, changed: dict) -> None:
         # Applied at once: the next control cycle uses the new limits / planner settings.
@@ -481,9 +476,9 @@ class PolicyNode(NexusNode):
         self._state, self._state_time = msg, stamp
         self._target, finish = self._plan(msg)
         self._publish_safe(self._now(), msg)
-        if finish is not None and self._plan_pub.is_activated:
-            # after the command: the plan's full-ensemble evaluation (~0.6 ms) and building the Path
-            # (~0.3 ms) do not change the action, so they do not delay it
+        if finish is not None and self._plan_pub.is_activated and self._plan_pub.get_subscription_count():
+            # after the command: the plan's full-ensemble evaluation (~0.6-1.5 ms) and building the Path
+            # (~0.3 ms) do not change the action, so they do not delay it; nobody listening: not done
             self._plan_pub.publish(self._path(msg.header.stamp, finish()))
 
     # --- control ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -31,8 +32,10 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, SimpleManagedEntity, TransitionCallbackReturn
 from rclpy.lifecycle import State as LifecycleState
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from sakura_nexus.allocator import tune_for_large_messages
 from sakura_nexus.clock_guard import BACKWARDS, FORWARDS, ClockGuard
@@ -113,7 +116,8 @@ class Diagnostics:
     def set_period(self, period: float) -> None:
         self._timer.cancel()
         self._node.destroy_timer(self._timer)
-        self._timer = self._node.create_timer(period, self.publish)
+        with self._node.untracked():  # the diagnostics timer lives as long as the node, not one configuration
+            self._timer = self._node.create_timer(period, self.publish)
 
     def status(self) -> DiagnosticStatus:
         self._update_rates()
@@ -136,11 +140,70 @@ class Diagnostics:
         self._pub.publish(arr)
 
 
+class _Activity(SimpleManagedEntity):
+    """Managed entity whose flag says whether the node is active (rclpy has no public state query)."""
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._enabled = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._enabled = False
+        return TransitionCallbackReturn.SUCCESS
+
+
+def _qos_overridable(topic: str, qos) -> bool:
+    """The node's own sensor and state topics (relative names, volatile profiles) take
+    ``qos_overrides./<resolved topic>.<publisher|subscription>.{reliability,history,depth}`` parameters;
+    model topics (transient-local) and the absolute ROS-wide ones (/diagnostics, /parameter_events,
+    /rosout) keep their QoS."""
+    return isinstance(qos, QoSProfile) and qos.durability == DurabilityPolicy.VOLATILE and not topic.startswith("/")
+
+
+def _tracking_configure(fn):
+    """Wrap a subclass's ``on_configure``: what it creates is recorded, and destroyed again on a failed
+    configure (or by :meth:`NexusNode.on_cleanup` / ``on_shutdown``), so a retry creates each entity once."""
+
+    @functools.wraps(fn)
+    def on_configure(self, state):
+        outer = self._configured is None
+        if outer:
+            self._configured = []
+        try:
+            ret = fn(self, state)
+        except BaseException:
+            if outer:
+                self.destroy_configured()
+            raise
+        if outer and ret != TransitionCallbackReturn.SUCCESS:
+            self.destroy_configured()
+        return ret
+
+    on_configure._tracks_entities = True
+    return on_configure
+
+
 class NexusNode(LifecycleNode):
-    """Lifecycle node with schema parameters, diagnostics and drop accounting."""
+    """Lifecycle node with schema parameters, diagnostics and drop accounting.
+
+    Lifecycle as in ros2/demos and Nav2: every publisher, subscription, timer, service and client a node
+    creates from ``on_configure`` on (until cleanup) is recorded and destroyed by ``on_cleanup`` /
+    ``on_shutdown``, so configure -> cleanup -> configure creates each entity once. Sensor and state
+    publishers/subscriptions take ROS QoS overrides (``qos_overrides./<topic>.subscription.reliability``
+    etc. in a params file; :class:`rclpy.qos_overriding_options.QoSOverridingOptions`)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("on_configure")
+        if fn is not None and not getattr(fn, "_tracks_entities", False):
+            cls.on_configure = _tracking_configure(fn)
 
     def __init__(self, name: str, schema: NodeSchema, **kwargs):
+        self._configured: list | None = None  # entities created since on_configure began; None = not configured
+        self._untracked = 0
         super().__init__(name, **kwargs)
+        self._activity = _Activity()
+        self.add_managed_entity(self._activity)
         self.params = ParamStore(self, schema)
         self.diag = Diagnostics(self, name, self.params["diagnostics_period"]
                                 if "diagnostics_period" in self.params.as_dict() else 1.0)
@@ -152,6 +215,57 @@ class NexusNode(LifecycleNode):
         self._clock_guard: ClockGuard | None = None
         self._on_clock_back: Callable[[], None] | None = None
         self._input_ctx = threading.local()  # the input topic (and its outcome) of the running callback
+
+    # --- entities: QoS overrides and configure/cleanup bookkeeping ------------------------------
+    @contextlib.contextmanager
+    def untracked(self):
+        """Entities created inside this block outlive cleanup (they belong to the node, not to a configuration)."""
+        self._untracked += 1
+        try:
+            yield
+        finally:
+            self._untracked -= 1
+
+    def _track(self, entity, destroy: Callable):
+        if getattr(self, "_configured", None) is not None and not getattr(self, "_untracked", 0):
+            self._configured.append((entity, destroy))
+        return entity
+
+    def create_publisher(self, msg_type, topic, qos_profile, **kwargs):
+        if _qos_overridable(topic, qos_profile):
+            kwargs.setdefault("qos_overriding_options", QoSOverridingOptions.with_default_policies())
+        return self._track(super().create_publisher(msg_type, topic, qos_profile, **kwargs), self.destroy_publisher)
+
+    def create_lifecycle_publisher(self, msg_type, topic, qos_profile, **kwargs):
+        if _qos_overridable(topic, qos_profile):
+            kwargs.setdefault("qos_overriding_options", QoSOverridingOptions.with_default_policies())
+        return self._track(super().create_lifecycle_publisher(msg_type, topic, qos_profile, **kwargs),
+                           self.destroy_lifecycle_publisher)
+
+    def create_subscription(self, msg_type, topic, callback, qos_profile, **kwargs):
+        # every subscription goes through input() (its ledger is keyed by ``topic``); not rclpy's own
+        # (``/clock`` of the time source, created before this class' state exists)
+        if getattr(self, "_input_ctx", None) is not None and topic != "/clock":
+            callback = self.input(topic, callback)
+        if _qos_overridable(topic, qos_profile):
+            kwargs.setdefault("qos_overriding_options", QoSOverridingOptions.with_default_policies())
+        return self._track(super().create_subscription(msg_type, topic, callback, qos_profile, **kwargs),
+                           self.destroy_subscription)
+
+    def create_timer(self, *args, **kwargs):
+        return self._track(super().create_timer(*args, **kwargs), self.destroy_timer)
+
+    def create_service(self, *args, **kwargs):
+        return self._track(super().create_service(*args, **kwargs), self.destroy_service)
+
+    def create_client(self, *args, **kwargs):
+        return self._track(super().create_client(*args, **kwargs), self.destroy_client)
+
+    def destroy_configured(self) -> None:
+        """Destroy what the node created since on_configure (newest first); the node is unconfigured after."""
+        entities, self._configured = self._configured or [], None
+        for entity, destroy in reversed(entities):
+            destroy(entity)  # returns False for one the node destroyed itself already
 
     def _on_common_change(self, changed: dict) -> None:
         if "diagnostics_period" in changed:
@@ -179,13 +293,6 @@ class NexusNode(LifecycleNode):
                 ctx.frame = prev
 
         return wrapped
-
-    def create_subscription(self, msg_type, topic: str, callback, qos_profile, **kwargs):
-        """Every subscription of a node goes through :meth:`input` (its ledger is keyed by ``topic``); not
-        rclpy's own (``/clock`` of the time source, created before this class' state exists)."""
-        if getattr(self, "_input_ctx", None) is not None and topic != "/clock":
-            callback = self.input(topic, callback)
-        return super().create_subscription(msg_type, topic, callback, qos_profile, **kwargs)
 
     def _outcome(self, outcome: str) -> None:
         frame = getattr(self._input_ctx, "frame", None)
@@ -289,16 +396,26 @@ class NexusNode(LifecycleNode):
 
     @property
     def is_active(self) -> bool:
-        return self._state_machine.current_state[1] == "active"
+        """The node is in the active state (set by the managed-entity callbacks of on_activate/on_deactivate,
+        which every node reaches through ``super()``)."""
+        return self._activity.is_activated
 
-    # Default transitions succeed; subclasses call super() last in on_deactivate.
+    # Default transitions succeed; subclasses call super() last in on_activate / on_deactivate / on_cleanup.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.destroy_configured()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activity.on_shutdown(state)
+        self.destroy_configured()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activity.on_error(state)
+        self.destroy_configured()  # the node goes back to unconfigured
         return TransitionCallbackReturn.SUCCESS
 
 
