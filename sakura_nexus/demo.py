@@ -45,6 +45,7 @@ from sakura_nexus.params import POLICY
 from sakura_nexus.paths import config_file
 
 NODE_ORDER = ("sim_node", "perception_node", "world_model_node", "policy_node")
+CLOCK_STEP_MAX = 5.0  # s of sim time per 0.2 s poll (real-time factor 25): a larger step is a clock jump
 # perception + world_model + policy in one process on one executor (bringup.COMPOSED) unless --no-composed;
 # chosen by measurement (docs/closed_loop.md: less CPU and latency than three processes on 2 cores)
 COMPOSED_DEFAULT = True
@@ -100,6 +101,8 @@ class Supervisor:
     def __init__(self, env: dict, log_dir: pathlib.Path, params_files: list[str], namespace: str = ""):
         self.env, self.log_dir, self.params_files, self.namespace = env, log_dir, params_files, namespace
         self.procs: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, list[str]] = {}  # name -> the command it was started with (restart())
+        self.restarts: dict[str, int] = {}
         self._logs: list = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -119,10 +122,30 @@ class Supervisor:
         self.start_command(bringup.CONTAINER.name, [*(wrap or []), sys.executable, str(exe), *args])
 
     def start_command(self, name: str, cmd: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child, closed in stop()
+        log = open(self.log_dir / f"{name}.log", "ab" if name in self.commands else "wb")  # noqa: SIM115 - handed to the child, closed in stop()
         self._logs.append(log)
+        self.commands[name] = list(cmd)
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+
+    def kill9(self, name: str, tree: bool = False) -> None:
+        """``kill -9`` the process (what it started survives, as after a real crash: the sync node's
+        restart finds and ends a stale SuperNode); ``tree``: everything it started too (the aggregator's
+        SuperLink and ServerApp, which run in sessions of their own: the whole host going down)."""
+        from sakura_nexus.federated.launcher import descendants
+
+        p = self.procs[name]
+        for pid in [p.pid, *(descendants(p.pid) if tree else [])]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait()
+
+    def restart(self, name: str) -> None:
+        """Start ``name`` again with the command it was started with (after :meth:`kill9` or a crash)."""
+        if self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.start_command(name, self.commands[name])
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
@@ -262,8 +285,10 @@ class MissionLog:
 
 
 def _trim(d: dict, keep: int = 20000) -> None:
+    # the oldest entries by arrival (dicts keep insertion order), not the smallest stamps: after a sim
+    # restart the newest stamps are the smallest
     if len(d) > keep + 2000:
-        for k in sorted(d)[:2000]:
+        for k in list(d)[:2000]:
             del d[k]
 
 
@@ -352,11 +377,17 @@ class Mission:
         return stamp.sec * 10**9 + stamp.nanosec
 
     def _on_odom(self, m):
-        q = m.pose.pose.orientation
-        yaw = yaw_of(q)
-        self.pose = (m.pose.pose.position.x, m.pose.pose.position.y, yaw)
+        q, p = m.pose.pose.orientation, m.pose.pose.position
         t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
-        if self.recording and (not self.log.path or t - self.log.path[-1][0] >= 0.1):
+        # the harness is a consumer like any node: odometry that is not the robot's (another frame, NaN,
+        # absurd, not a unit quaternion, stamped far from this node's clock) must not move its pose
+        qn = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+        now = self.now()
+        if m.header.frame_id != "odom" or not all(map(math.isfinite, (p.x, p.y, qn))) \
+                or max(abs(p.x), abs(p.y)) > 1e4 or abs(qn - 1.0) > 0.01 or (now > 0 and abs(t - now) > 1.0):
+            return
+        self.pose = (p.x, p.y, yaw_of(q))
+        if self.recording and (not self.log.path or not 0.0 <= t - self.log.path[-1][0] < 0.1):
             self.log.path.append((t, self.pose[0], self.pose[1]))
 
     def _on_contact(self, m):
@@ -553,8 +584,15 @@ def drive(mission: Mission, goals: list, goal_timeout: float, tolerance: float, 
                    bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {n:.2f}/{total:.2f} m [{elapsed}] {postfix}")
         mission.send_goal(*g)
         reached = False
-        while mission.now() - start_t < goal_timeout:
+        elapsed, prev = 0.0, start_t
+        while elapsed < goal_timeout:
             time.sleep(0.2)
+            # sim time elapsed, step by step: a clock jump (sim reset, /clock restart) is a new timeline, not
+            # time spent on the goal (a jump back would otherwise never time out, one forward at once)
+            now = mission.now()
+            if 0.0 <= now - prev <= CLOCK_STEP_MAX:
+                elapsed += now - prev
+            prev = now
             if supervisor and supervisor.dead():
                 raise RuntimeError(f"node process died: {supervisor.dead()} (logs in {supervisor.log_dir})")
             d = math.hypot(g[0] - mission.pose[0], g[1] - mission.pose[1])
@@ -565,7 +603,7 @@ def drive(mission: Mission, goals: list, goal_timeout: float, tolerance: float, 
                 break
         bar.close()
         rec = {"goal": [round(v, 3) for v in g], "start": [round(v, 3) for v in start_pose], "reached": reached,
-               "time_s": round(mission.now() - start_t, 2), "t_end": round(mission.now(), 3),
+               "time_s": round(elapsed, 2), "t_end": round(mission.now(), 3),
                "collisions": mission.log.collisions - start_coll}
         mission.log.goals.append(rec)
         if progress:

@@ -131,6 +131,13 @@ _CLOCK = (
       "s", 0.01, 3600.0),
 )
 
+# Shared by the nodes that take poses: one frame, no tf is assumed.
+_FRAME = (
+    P("odom_frame", str, "odom", "The odometry frame: odometry, world_state, goals, maps and initial poses "
+      "in any other frame are dropped (no tf is assumed); world_model_node stamps world_state with it.",
+      read_only=True),
+)
+
 SIM = NodeSchema(
     "sim_node",
     "MuJoCo factory cell standing in for the robot: camera, odometry, joint states, /clock, contacts.",
@@ -160,6 +167,7 @@ SIM = NodeSchema(
         P("sensor_reliability", str, "best_effort", "Reliability of the camera publishers.", "",
           choices=("best_effort", "reliable"), read_only=True),
         P("diagnostics_period", float, 1.0, "Period of the /diagnostics status message.", "s", 0.1, 60.0),
+        *_FRAME,
     ),
 )
 
@@ -255,6 +263,7 @@ WORLD_MODEL = NodeSchema(
         P("twist_stamped", bool, False, "cmd_vel is geometry_msgs/TwistStamped instead of Twist.",
           read_only=True),
         *_CLOCK,
+        *_FRAME,
         *_COMMON,
     ),
 )
@@ -276,7 +285,6 @@ POLICY = NodeSchema(
           "Default: what docs/evaluation.md shows is best.", "",
           choices=("mpc", "learned_mpc", "kinematic_mpc", "go_to_goal")),
         P("control_rate", float, 20.0, "Rate of the cmd_vel timer.", "Hz", 1.0, 200.0, read_only=True),
-        P("odom_frame", str, "odom", "Frame goals must be given in (no tf is assumed).", read_only=True),
         P("twist_stamped", bool, False, "Publish geometry_msgs/TwistStamped instead of Twist.", read_only=True),
         P("max_v", float, 0.5, "Velocity limit, linear.", "m/s", 0.0, 2.0),
         P("max_w", float, 1.2, "Velocity limit, angular.", "rad/s", 0.0, 6.0),
@@ -313,6 +321,7 @@ POLICY = NodeSchema(
         P("max_goal_distance", float, 1000.0, "Goals with |x| or |y| beyond this are refused as absurd.", "m",
           1.0, 1e6),
         *_CLOCK,
+        *_FRAME,
         *_COMMON,
     ),
 )

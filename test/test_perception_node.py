@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import NodeProcess, signed_update, wait_for
+from helpers import NodeProcess, diag_values, signed_update, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -362,3 +362,94 @@ def test_live_parameters_and_hot_swap(ros_node, encoder_files):
         assert rig.embed(rgb).model_version == 2
     finally:
         rig.proc.stop()
+
+
+def test_future_stamps_clock_jumps_and_backward_camera_stamps_never_stall_it(ros_node, encoder_files):
+    """Sim time: one frame stamped on the wall clock, a sim reset (clock back), a clock step forward and a
+    burst of frames stamped 100 s in the past (a second camera driver on an old timeline): each is dropped or
+    reset and counted, and observations resume within 1 s of sane input (with the rate limiter on, whose
+    reference a bad stamp must not become)."""
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    from sakura_nexus.msg import Observation
+
+    diags = ros_node.collect(DiagnosticArray, "/diagnostics", 10)
+    clock_pub = ros_node.create_publisher(Clock, "/clock", 10)
+    rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    img_pub = ros_node.create_publisher(Image, "image_raw", rel)
+    received = []  # (monotonic receive time, stamp s)
+    ros_node.create_subscription(Observation, "observation", lambda m: received.append(
+        (time.monotonic(), m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)), 100)
+    proc = NodeProcess("perception", {"checkpoint": str(encoder_files[0]), "use_sim_time": True,
+                                      "sensor_reliability": "reliable", "sensor_depth": 5, "rate_limit": 10.0})
+    frame = _scene(120, 160)
+
+    def stamp(t):
+        return Time(sec=int(round(t * 1e9)) // 10**9, nanosec=int(round(t * 1e9)) % 10**9)
+
+    def image(t):
+        m = _image(frame, "rgb8", 0)
+        m.header.stamp = stamp(t)
+        img_pub.publish(m)
+
+    def run(t, seconds, camera_offset=0.0):
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            t += 1 / 30
+            clock_pub.publish(Clock(clock=stamp(t)))
+            image(t + camera_offset)
+            time.sleep(1 / 30)
+        return t
+
+    def resumed_after(t_wall, below=None, above=None):
+        return next((rx - t_wall for rx, st in list(received) if rx > t_wall and (below is None or st < below)
+                     and (above is None or st > above)), None)
+
+    try:
+        assert wait_for(lambda: ros_node.count_subscribers("image_raw") > 0, 30), proc.output()
+        t = 100.0
+        for _ in range(60):  # until the node is configured and publishing
+            t = run(t, 0.5)
+            if received:
+                break
+        assert received, proc.output()[-2000:]
+        # 1. one frame on the wall clock (~1.7e9 s) while the graph runs on sim time
+        image(time.time())
+        t_fault = time.monotonic()
+        time.sleep(0.3)  # latest frame wins: the next frame must not replace it before inference takes it
+        t = run(t, 1.5)
+        dt1 = resumed_after(t_fault + 0.05, below=1e6)
+        assert dt1 is not None and dt1 < 1.0, (dt1, proc.output()[-2000:])
+        assert all(st < 1e6 for _, st in received), "the foreign-clock frame was published"
+        # 2. sim reset: the clock (and the camera) go back from ~105 s to 5 s
+        t_fault = time.monotonic()
+        t = run(5.0, 1.5)
+        dt2 = resumed_after(t_fault, below=50.0)
+        assert dt2 is not None and dt2 < 1.0, (dt2, proc.output()[-2000:])
+        # 3. the clock steps forward by 1000 s
+        t_fault = time.monotonic()
+        t = run(t + 1000.0, 1.5)
+        dt3 = resumed_after(t_fault, above=1000.0)
+        assert dt3 is not None and dt3 < 1.0, (dt3, proc.output()[-2000:])
+        # 4. camera stamps 100 s behind the node's clock for 1 s, then sane again
+        t = run(t, 1.0, camera_offset=-100.0)
+        t_fault = time.monotonic()
+        run(t, 1.5)
+        dt4 = resumed_after(t_fault, above=t)
+        assert dt4 is not None and dt4 < 1.0, (dt4, proc.output()[-2000:])
+        print(f"\nPERCEPTION: observations resumed {dt1 * 1e3:.0f} / {dt2 * 1e3:.0f} / {dt3 * 1e3:.0f} / "
+              f"{dt4 * 1e3:.0f} ms after the foreign stamp / clock back / clock forward / old camera stamps")
+
+        def counted():
+            kv = diag_values(diags, "perception_node")
+            return (kv.get("dropped_future_stamp_image") == "1" and int(kv.get("clock_jumps_backward", 0)) >= 1
+                    and int(kv.get("clock_jumps_forward", 0)) >= 1
+                    and int(kv.get("dropped_out_of_order_image", 0)) + int(kv.get("dropped_stale", 0)) >= 10)
+
+        assert wait_for(counted, 5), sorted(diag_values(diags, "perception_node").items())
+    finally:
+        proc.stop()

@@ -59,6 +59,7 @@ class Feed:
     def run(self, seconds, misalign_every=0):
         from geometry_msgs.msg import Twist
         from nav_msgs.msg import Odometry
+        from rclpy.duration import Duration
 
         from sakura_nexus.msg import Observation
 
@@ -66,9 +67,10 @@ class Feed:
         k = 0
         while time.monotonic() < t_end:
             now = self.ros.get_clock().now()
-            for _ in range(3):
+            for j in range(3):
                 o = Odometry()
-                o.header.stamp = now.to_msg()
+                o.header.stamp = (now - Duration(nanoseconds=(2 - j) * 3_000_000)).to_msg()  # 3 distinct stamps
+                o.header.frame_id = "odom"
                 self.x += 0.003
                 o.pose.pose.position.x = self.x
                 o.pose.pose.orientation.w = 1.0
@@ -224,6 +226,7 @@ class SimFeed:
 
         o = Odometry()
         o.header.stamp = self._stamp(t)
+        o.header.frame_id = "odom"
         o.pose.pose.orientation.w = 1.0
         self.odom_pub.publish(o)
 

@@ -22,6 +22,7 @@ global models out. Thin adapter over :mod:`sakura_nexus.federated` (see docs/fed
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import time
 
@@ -39,6 +40,8 @@ from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, state_qos
 
 MODEL_ID = "world_model"
+MAX_SEQUENCE_JUMP = 100_000  # deltas; at one per delta_period (>= 1 s) that is a day of lost deltas
+MAX_DELTA_BYTES = 64 << 20  # a world-model delta is ~0.1-1 MB; anything this large is not one
 
 
 class FederatedSyncNode(NexusNode):
@@ -191,10 +194,25 @@ class FederatedSyncNode(NexusNode):
     # --- uplink -----------------------------------------------------------------------------
     def _on_delta(self, msg: ModelDelta) -> None:
         if self.uplink is None or not self._pubs["status"].is_activated:
+            self.ignore("inactive")
             return
         self.diag.count("deltas_received")
         if msg.model_id != MODEL_ID:
             self.drop("model_id", f"model_id {msg.model_id!r} is not synced")
+            return
+        if msg.sequence == 0 or len(msg.payload) > MAX_DELTA_BYTES:
+            self.drop("bad_delta", f"sequence {msg.sequence} (starts at 1), {len(msg.payload)} B payload "
+                                   f"(at most {MAX_DELTA_BYTES})")
+            return
+        if msg.sequence > self.uplink.state.seq + MAX_SEQUENCE_JUMP:
+            # a robot's sequence grows by one per delta (a kill -9 can skip one): a jump this far would make
+            # every later, genuine delta look like a replay
+            self.drop("sequence_jump", f"sequence {msg.sequence} after {self.uplink.state.seq}")
+            return
+        if math.isnan(msg.epsilon_spent) or not (math.isfinite(msg.epsilon_budget) and msg.epsilon_budget >= 0) \
+                or msg.epsilon_spent < 0 or not (math.isfinite(msg.dp_delta) and 0 <= msg.dp_delta < 1):
+            self.drop("bad_delta_privacy", f"epsilon {msg.epsilon_spent} of budget {msg.epsilon_budget}, "
+                                           f"delta {msg.dp_delta}")
             return
         self._record_eps, self._eps_budget = float(msg.epsilon_spent), float(msg.epsilon_budget)
         if self._budget_exhausted:
@@ -211,15 +229,18 @@ class FederatedSyncNode(NexusNode):
                                      sample_count=msg.sample_count, local_loss=msg.local_loss)
         except OSError as e:  # disk trouble writing the robot state: keep the node up, report it
             self.diag.count("uplink_errors")
+            self._outcome("uplink_error")
             self._error(f"uplink state write failed: {e}", "delta")
             return
         if res.status == "duplicate":
             self.diag.count("duplicates")
+            self.ignore()  # a replay after a restart: already spooled, nothing lost
             self.get_logger().warning(f"delta sequence {msg.sequence} refused as duplicate ({res.reason})",
                                       throttle_duration_sec=5.0)
             return
         if res.status == "unchanged":
             self.diag.count("deltas_unchanged")
+            self.ignore()
             return
         if res.status != "spooled":
             reason = res.reason.split(":", 1)[0]

@@ -84,7 +84,8 @@ class PerceptionNode(NexusNode):
         self._encoder: _Encoder | None = None
         self._undistort = vision.Undistorter()
         self._cfg = vision.PreprocessConfig()
-        self._last_publish = -1e18
+        self._last_publish = -1e18   # stamp of the last published frame (the rate limiter's reference)
+        self._last_stamp: float | None = None  # stamp of the newest frame taken (duplicates, order)
         self.diag.track_rate("received", "input_rate_hz")
         self.diag.track_rate("published", "output_rate_hz")
         self._pub = None
@@ -140,6 +141,7 @@ class PerceptionNode(NexusNode):
 
     def _reset_time_state(self) -> None:
         self._last_publish = -1e18
+        self._last_stamp = None
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._stop.clear()
@@ -193,6 +195,15 @@ class PerceptionNode(NexusNode):
             self._slot_lock.notify()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        k, d = np.asarray(msg.k, np.float64), np.asarray(msg.d, np.float64)
+        if not (np.all(np.isfinite(k)) and np.all(np.isfinite(d))):
+            self.drop("nan_camera_info")
+            return
+        if msg.width * msg.height > self.params.max_image_pixels or d.size > 14 \
+                or msg.distortion_model not in ("", "plumb_bob", "rational_polynomial", "equidistant"):
+            self.drop("bad_camera_info", f"{msg.width}x{msg.height} px (at most {self.params.max_image_pixels}), "
+                                         f"{d.size} distortion coefficients, model '{msg.distortion_model}'")
+            return
         try:
             if self._undistort.update(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model):
                 self.get_logger().info(f"undistortion maps updated ({msg.distortion_model}, "
@@ -202,6 +213,9 @@ class PerceptionNode(NexusNode):
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
         current = self._encoder
+        if current is None:
+            self.ignore("no_encoder")
+            return
         if not self.accept_model_update(msg, "encoder", current.version if current else -1):
             return
         try:
@@ -238,6 +252,20 @@ class PerceptionNode(NexusNode):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         if self.future_stamp(stamp, now, "image"):  # a foreign clock must not become the reference
             return
+        last = self._last_stamp
+        if last is not None and stamp <= last:
+            if last - stamp > p.max_clock_offset and abs(now - stamp) <= p.max_clock_offset:
+                # the camera's stamps stepped back onto the node's own clock (a driver restarted on it):
+                # the old timeline is the foreign one now, so the references follow the camera
+                self.diag.count("image_stamp_jumps_backward")
+                self.log_throttled("image_stamp_back", f"image stamps jumped back {last - stamp:.3f} s onto the "
+                                   "node's clock: rate limiter and frame order reset", "info")
+                self._last_publish = -1e18
+            else:
+                self.drop("duplicate_image" if stamp == last else "out_of_order_image",
+                          f"stamp {stamp:.3f} s, the newest frame taken was {last:.3f} s")
+                return
+        self._last_stamp = stamp
         if p.rate_limit > 0 and stamp - self._last_publish < 1.0 / p.rate_limit - 1e-6:
             self.diag.count("skipped_rate_limit")
             return

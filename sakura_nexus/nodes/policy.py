@@ -41,6 +41,8 @@ from sakura_nexus.priority import deprioritise_current_thread
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
 from sakura_nexus.ros.qos import model_qos, sensor_qos, state_qos
 
+MAX_MAP_CELLS = 16_000_000  # 4000 x 4000 cells: a 200 m square at 5 cm; beyond this a map is refused
+
 
 def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
@@ -59,6 +61,7 @@ class PolicyNode(NexusNode):
         self._state: WorldState | None = None
         self._state_time: float | None = None   # stamp (s) of the last world_state
         self._pose: tuple[float, float, float] | None = None
+        self._odom_stamp: float | None = None    # stamp (s) of the newest odometry used
         self._velocity = (0.0, 0.0)              # body (v, w) from odometry (kinematic_mpc's state)
         self._kinematic = UnicycleModel(self._unicycle_config())
         self._kin_planner = MPPIPlanner(self._kinematic, self._mppi_config())
@@ -234,9 +237,21 @@ class PolicyNode(NexusNode):
             self.drop("map_frame", f"map frame '{msg.header.frame_id}' is not '{frame}' (no tf is assumed)",
                       level="error")
             return
+        info = msg.info
+        o = info.origin.position
+        if not all(map(math.isfinite, (info.resolution, o.x, o.y, q.x, q.y, q.z, q.w))) \
+                or info.width * info.height > MAX_MAP_CELLS or max(abs(o.x), abs(o.y)) > 1e4 \
+                or not 1e-3 <= info.resolution <= 100.0:
+            self.drop("absurd_map", f"{info.width}x{info.height} cells (at most {MAX_MAP_CELLS}), resolution "
+                                    f"{info.resolution}, origin ({o.x:.3g}, {o.y:.3g})")
+            return
         if abs(_yaw(q)) > 1e-6 or msg.info.resolution <= 0 or len(msg.data) != msg.info.width * msg.info.height:
             self.drop("bad_map", f"{msg.info.width}x{msg.info.height} cells, {len(msg.data)} values, "
                                  f"resolution {msg.info.resolution}, origin yaw {_yaw(q):.3f}")
+            return
+        cells = np.asarray(msg.data, np.int8)
+        if cells.size and (int(cells.min()) < -1 or int(cells.max()) > 100):
+            self.drop("bad_map", f"cell values {int(cells.min())}..{int(cells.max())} outside -1..100")
             return
         self._map = msg
         self.diag.count("maps_received")
@@ -313,6 +328,9 @@ class PolicyNode(NexusNode):
         """The range head's free ranges -> the seen-obstacle memory (at the latest odometry pose)."""
         seen, pose = self._seen, self._pose
         if seen is None or not len(msg.free_range):
+            self.ignore()  # no range head here, or none on the robot: nothing for the obstacle memory
+            return
+        if self.future_stamp(_stamp_s(msg.header.stamp), self.checked_now(), "observation"):
             return
         cfg = seen.memory.cfg
         ranges = np.asarray(msg.free_range, dtype=np.float64)
@@ -323,7 +341,12 @@ class PolicyNode(NexusNode):
         if not (np.all(np.isfinite(ranges)) and math.isfinite(msg.free_range_uncertainty)):
             self.drop("nan_free_range")
             return
+        if msg.free_range_uncertainty < 0.0 or float(np.min(ranges)) < 0.0 or msg.free_range_max <= 0.0:
+            self.drop("absurd_free_range", f"ranges {float(np.min(ranges)):.3g}..{float(np.max(ranges)):.3g}, "
+                                           f"uncertainty {msg.free_range_uncertainty:.3g}")
+            return
         if pose is None:
+            self.ignore("no_pose")
             return
         stamp = _stamp_s(msg.header.stamp)
         seen.observe(pose, np.clip(ranges, cfg.min_range, cfg.max_range), stamp, msg.free_range_uncertainty)
@@ -341,17 +364,32 @@ class PolicyNode(NexusNode):
         self._learn_last = (stamp, velocity)
 
     def _on_odom(self, msg: Odometry) -> None:
-        q = msg.pose.pose.orientation
-        pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
-        if not all(map(math.isfinite, pose)) or max(abs(pose[0]), abs(pose[1])) > 1e4:
-            self.drop("bad_odom", f"pose {pose}")
+        stamp = _stamp_s(msg.header.stamp)
+        if self.future_stamp(stamp, self.checked_now(), "odom"):
             return
+        if msg.header.frame_id != self.params.odom_frame:
+            self.drop("odom_frame", f"odometry in frame '{msg.header.frame_id}', not '{self.params.odom_frame}'")
+            return
+        q, tw = msg.pose.pose.orientation, msg.twist.twist
+        pose = (msg.pose.pose.position.x, msg.pose.pose.position.y, _yaw(q))
+        qn = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+        if not all(map(math.isfinite, (*pose, qn, tw.linear.x, tw.angular.z))):
+            self.drop("nan_odom", f"pose {pose}, twist ({tw.linear.x}, {tw.angular.z})")
+            return
+        if max(abs(pose[0]), abs(pose[1])) > 1e4 or abs(qn - 1.0) > 0.01 \
+                or max(abs(tw.linear.x), abs(tw.angular.z)) > 100.0:
+            self.drop("absurd_odom", f"pose {pose}, |q|^2 {qn:.3g}, twist ({tw.linear.x:.3g}, {tw.angular.z:.3g})")
+            return
+        last = self._odom_stamp
+        if last is not None and stamp <= last:
+            self.drop("duplicate_odom" if stamp == last else "out_of_order_odom",
+                      f"stamp {stamp:.3f} s, the newest was {last:.3f} s")
+            return
+        self._odom_stamp = stamp
         self._pose = pose
-        tw = msg.twist.twist
-        if math.isfinite(tw.linear.x) and math.isfinite(tw.angular.z):
-            self._velocity = (tw.linear.x, tw.angular.z)
-            if self.params.controller == "learned_mpc":
-                self._learn_from_odom(_stamp_s(msg.header.stamp), self._velocity)
+        self._velocity = (tw.linear.x, tw.angular.z)
+        if self.params.controller == "learned_mpc":
+            self._learn_from_odom(stamp, self._velocity)
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -369,7 +407,10 @@ class PolicyNode(NexusNode):
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
         current = self._model
-        if current is None or not self.accept_model_update(msg, "world_model", int(current.version)):
+        if current is None:
+            self.ignore("no_model")
+            return
+        if not self.accept_model_update(msg, "world_model", int(current.version)):
             return
         try:
             payload = update_to_world_model_payload(msg.codec, bytes(msg.payload), current, int(msg.version))
@@ -391,20 +432,36 @@ class PolicyNode(NexusNode):
         """After a backward clock jump: the last world_state is from the old timeline (the watchdog
         stops the robot until a new one arrives)."""
         self._state, self._state_time = None, None
+        self._odom_stamp, self._learn_last = None, None
 
     def _on_world_state(self, msg: WorldState) -> None:
         self._callback_t0 = time.perf_counter()
         stamp = _stamp_s(msg.header.stamp)
         if self.future_stamp(stamp, self.checked_now(), "world_state"):
             return
-        if not all(map(math.isfinite, (msg.pose_x, msg.pose_y, msg.uncertainty, msg.collision_risk))):
+        if msg.header.frame_id != self.params.odom_frame:
+            self.drop("world_state_frame", f"world_state in frame '{msg.header.frame_id}', "
+                                           f"not '{self.params.odom_frame}'")
+            return
+        model = self._model
+        want = int(model.config.latent_dim) if model is not None else msg.latent_dim
+        if len(msg.latent) != msg.latent_dim or msg.latent_dim == 0 or msg.latent_dim != want:
+            self.drop("bad_world_state", f"latent has {len(msg.latent)} values, latent_dim {msg.latent_dim}"
+                                         f" (the model's: {want})")
+            return
+        latent = np.asarray(msg.latent, np.float32)
+        scalars = (msg.pose_x, msg.pose_y, msg.pose_yaw, msg.uncertainty, msg.collision_risk)
+        if not (all(map(math.isfinite, scalars)) and np.all(np.isfinite(latent))):
             self.drop("nan_world_state")
             return
-        if len(msg.latent) != msg.latent_dim or msg.latent_dim == 0:
-            self.drop("bad_world_state", f"latent has {len(msg.latent)} values, latent_dim {msg.latent_dim}")
+        if max(abs(msg.pose_x), abs(msg.pose_y)) > 1e4 or float(np.max(np.abs(latent))) > 1e6 \
+                or msg.uncertainty < 0.0 or not 0.0 <= msg.collision_risk <= 1.0:
+            self.drop("absurd_world_state", f"pose ({msg.pose_x:.3g}, {msg.pose_y:.3g}), |latent| up to "
+                                            f"{float(np.max(np.abs(latent))):.3g}, uncertainty "
+                                            f"{msg.uncertainty:.3g}, collision risk {msg.collision_risk:.3g}")
             return
-        if self._state_time is not None and stamp < self._state_time:
-            self.drop("out_of_order")
+        if self._state_time is not None and stamp <= self._state_time:
+            self.drop("duplicate_world_state" if stamp == self._state_time else "out_of_order")
             return
         self._state, self._state_time = msg, stamp
         self._target, finish = self._plan(msg)

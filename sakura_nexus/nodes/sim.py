@@ -65,6 +65,8 @@ MESSAGE_TYPES = {
     "map": OccupancyGrid,
 }
 CAMERA_FRAME = "camera_optical_frame"
+MAX_CMD = 100.0   # m/s, rad/s: a cmd_vel beyond this is not a command (the robot's limits are far below)
+MAX_POSE = 50.0   # m: initial poses and goals beyond this are outside any cell (start_x/start_y range)
 
 
 def _stamp(msg_stamp, t: float) -> None:
@@ -156,16 +158,37 @@ class SimNode(NexusNode):
         if not (math.isfinite(v) and math.isfinite(w)):
             self.drop("invalid_cmd_vel", f"v={v} w={w}")
             return
+        if max(abs(v), abs(w)) > MAX_CMD:
+            self.drop("absurd_cmd_vel", f"v={v:.3g} w={w:.3g} (limit {MAX_CMD:g})")
+            return
         self._cmd = (v, w, self._sim_time)
         self.diag.count("cmd_vel_received")
 
+    def _pose_or_drop(self, what: str, frame: str, p) -> tuple[float, float, float] | None:
+        """(x, y, yaw) of a pose in the odometry frame inside the cell, or None (dropped, counted)."""
+        if frame != self.params.odom_frame:
+            self.drop(f"{what}_frame", f"{what} in frame '{frame}', not '{self.params.odom_frame}'")
+            return None
+        q = p.orientation
+        vals = (p.position.x, p.position.y, q.x, q.y, q.z, q.w)
+        if not all(map(math.isfinite, vals)):
+            self.drop(f"nan_{what}")
+            return None
+        qn = math.sqrt(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w)
+        if max(abs(p.position.x), abs(p.position.y)) > MAX_POSE or abs(qn - 1.0) > 0.01:
+            self.drop(f"absurd_{what}", f"({p.position.x:.3g}, {p.position.y:.3g}), |q| {qn:.3g}")
+            return None
+        return p.position.x, p.position.y, _yaw_of(q)
+
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
-        p = msg.pose.pose
-        self._requests.put(("pose", (p.position.x, p.position.y, _yaw_of(p.orientation))))
+        pose = self._pose_or_drop("initialpose", msg.header.frame_id, msg.pose.pose)
+        if pose is not None:
+            self._requests.put(("pose", pose))
 
     def _on_goal(self, msg: PoseStamped) -> None:
-        p = msg.pose
-        self._requests.put(("goal", (p.position.x, p.position.y, _yaw_of(p.orientation))))
+        pose = self._pose_or_drop("goal", msg.header.frame_id, msg.pose)
+        if pose is not None:
+            self._requests.put(("goal", pose))
 
     def _on_reset(self, request, response):
         done = threading.Event()
@@ -318,7 +341,7 @@ class SimNode(NexusNode):
         data, width, height, origin = occupancy_grid(cell.map_obstacles, cell.size[0], resolution)
         msg = OccupancyGrid()
         _stamp(msg.header.stamp, cell.time)
-        msg.header.frame_id = "odom"
+        msg.header.frame_id = self.params.odom_frame
         msg.info.resolution = float(resolution)
         msg.info.width, msg.info.height = int(width), int(height)
         msg.info.origin.position.x, msg.info.origin.position.y = float(origin[0]), float(origin[1])
@@ -350,7 +373,7 @@ class SimNode(NexusNode):
         vx, vy, wz = cell.body_twist
         od = Odometry()
         _stamp(od.header.stamp, t)
-        od.header.frame_id = "odom"
+        od.header.frame_id = self.params.odom_frame
         od.child_frame_id = "base_link"
         od.pose.pose.position.x, od.pose.pose.position.y = x, y
         set_yaw(od.pose.pose.orientation, yaw)

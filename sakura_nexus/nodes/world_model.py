@@ -202,6 +202,9 @@ class WorldModelNode(NexusNode):
         t = _t(msg.header.stamp)
         if self.future_stamp(t, now, "odom"):
             return
+        if msg.header.frame_id != self.params.odom_frame:
+            self.drop("odom_frame", f"odometry in frame '{msg.header.frame_id}', not '{self.params.odom_frame}'")
+            return
         pp, tw = msg.pose.pose, msg.twist.twist
         q = pp.orientation
         qn = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
@@ -215,6 +218,9 @@ class WorldModelNode(NexusNode):
                 or max(abs(tw.linear.x), abs(tw.angular.z)) > 100.0:
             self.drop("absurd_odom", f"position ({pp.position.x:.3g}, {pp.position.y:.3g}), |q|^2 {qn:.3g}, "
                                      f"twist ({tw.linear.x:.3g}, {tw.angular.z:.3g})")
+            return
+        if self._odom.t and t == self._odom.t[-1]:
+            self.drop("duplicate_odom", f"stamp {t:.3f} s seen before")
             return
         if not self._odom.add(t, v):
             self.drop("out_of_order_odom", f"stamp {t:.3f} s before the newest {self._odom.t[-1]:.3f} s")
@@ -233,10 +239,14 @@ class WorldModelNode(NexusNode):
         t = _t(msg.header.stamp) if isinstance(msg, TwistStamped) else now
         if self.future_stamp(t, now, "cmd_vel"):
             return
+        if isinstance(msg, TwistStamped) and self._cmd.t and t == self._cmd.t[-1]:
+            self.drop("duplicate_cmd")
+            return
         if not self._cmd.add(t, a):
             self.drop("out_of_order_cmd")
 
     def _on_contact(self, msg: Bool) -> None:
+        # std_msgs/Bool carries no stamp and no size: nothing can be malformed; contacts are stamped on receipt
         now = self._now()
         if msg.data:
             self._contacts.add(now, True)
@@ -250,6 +260,7 @@ class WorldModelNode(NexusNode):
         p = self.params
         learner = self._learner
         if learner is None or not self._pubs["state"].is_activated:
+            self.ignore("inactive")
             return
         t, now = _t(msg.header.stamp), self._now()
         if self.future_stamp(t, now, "observation"):
@@ -259,8 +270,19 @@ class WorldModelNode(NexusNode):
             return
         emb = np.asarray(msg.embedding, np.float32)
         snap = learner.snapshot
-        if emb.shape != (snap.config.embed_dim,) or not np.all(np.isfinite(emb)):
-            self.drop("bad_observation", f"embedding shape {emb.shape}")
+        if emb.shape != (snap.config.embed_dim,):
+            self.drop("bad_observation", f"embedding shape {emb.shape}, expected ({snap.config.embed_dim},)")
+            return
+        if not (np.all(np.isfinite(emb)) and math.isfinite(msg.quality)):
+            self.drop("nan_observation")
+            return
+        if float(np.max(np.abs(emb))) > 1e3:  # the encoder's output is layer-normalised (entries ~N(0, 1))
+            self.drop("absurd_observation", f"|embedding| up to {float(np.max(np.abs(emb))):.3g}")
+            return
+        last = self._ticks[-1][0] if self._ticks else None
+        if last is not None and t <= last:
+            self.drop("duplicate_observation" if t == last else "out_of_order_observation",
+                      f"stamp {t:.3f} s, the last tick was {last:.3f} s")
             return
         proprio, gap = self._odom.nearest(t)
         if proprio is None or gap > p.align_tolerance:
@@ -280,7 +302,7 @@ class WorldModelNode(NexusNode):
 
         out = WorldState()
         out.header.stamp = msg.header.stamp
-        out.header.frame_id = "odom"
+        out.header.frame_id = p.odom_frame
         out.model_version = learner.base_version
         out.latent = z[0].astype(np.float32)
         out.predicted = zs[0].reshape(-1).astype(np.float32)
@@ -430,7 +452,10 @@ class WorldModelNode(NexusNode):
 
     def _on_model_update(self, msg: ModelUpdate) -> None:
         learner = self._learner
-        if learner is None or not self.accept_model_update(msg, "world_model", learner.base_version):
+        if learner is None:
+            self.ignore("inactive")
+            return
+        if not self.accept_model_update(msg, "world_model", learner.base_version):
             return
         try:
             with learner.lock:  # the copy of the running model that takes a flat vector: not mid-step

@@ -6,6 +6,9 @@
   once per second (:meth:`NexusNode.log_throttled`); the one model-update check every node runs
   (:meth:`NexusNode.accept_model_update`, signatures: :mod:`sakura_nexus.federated.signing`) and the
   clock-fault checks of the nodes that align inputs by stamp (:mod:`sakura_nexus.clock_guard`).
+  Every subscription callback is wrapped by :meth:`NexusNode.input` so each input topic has its own
+  ledger in diagnostics (``input/<topic>``: ``received`` = ``accepted`` + every drop reason + ``ignored``),
+  which is how a fuzz run proves every message that reached the node is accounted for.
 - :func:`run` spins a node on rclpy's C++ EventsExecutor (``SAKURA_NEXUS_EXECUTOR=multi``: the
   Python MultiThreadedExecutor; see :func:`make_executor`), transitions it to active when
   ``autostart`` is set, and on SIGINT/SIGTERM deactivates it (so nodes can send their final safe
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import threading
@@ -58,6 +62,7 @@ class Diagnostics:
         self._rates: dict[str, str] = {}  # counter -> value name
         self._rate_mark: tuple[float, Counter] | None = None
         self._windows: dict[str, deque] = {}  # value name -> last samples (summarised in status())
+        self.inputs: dict[str, Counter] = {}   # input topic -> {received, accepted, ignored, <drop reason>}
         self._timer = node.create_timer(period, self.publish)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -66,6 +71,13 @@ class Diagnostics:
 
     def set(self, key: str, value) -> None:
         self.values[key] = value
+
+    def count_input(self, topic: str, outcome: str) -> None:
+        with self._lock:
+            c = self.inputs.get(topic)
+            if c is None:
+                c = self.inputs[topic] = Counter()
+            c[outcome] += 1
 
     def track_rate(self, counter: str, name: str) -> None:
         """Report the rate of ``counter`` (per second of wall time since the last publication) as ``name``."""
@@ -113,7 +125,9 @@ class Diagnostics:
         level, message = self._level_fn() if self._level_fn else (OK, "ok")
         with self._lock:
             items = sorted(self.counters.items())
+            ledgers = {t: dict(sorted(c.items())) for t, c in sorted(self.inputs.items())}
         kv = [KeyValue(key=k, value=str(v)) for k, v in items]
+        kv += [KeyValue(key=f"input/{t}", value=json.dumps(c)) for t, c in ledgers.items()]
         kv += [KeyValue(key=k, value=str(v)) for k, v in sorted(self.values.items())]
         level = level if isinstance(level, bytes) else bytes([level])
         return DiagnosticStatus(level=level, name=self._name, message=message, hardware_id=self._node.get_name(),
@@ -200,6 +214,7 @@ class NexusNode(LifecycleNode):
         self._update_gate = None  # created on the first model update (reads trusted_keys)
         self._clock_guard: ClockGuard | None = None
         self._on_clock_back: Callable[[], None] | None = None
+        self._input_ctx = threading.local()  # the input topic (and its outcome) of the running callback
 
     # --- entities: QoS overrides and configure/cleanup bookkeeping ------------------------------
     @contextlib.contextmanager
@@ -228,6 +243,10 @@ class NexusNode(LifecycleNode):
                            self.destroy_lifecycle_publisher)
 
     def create_subscription(self, msg_type, topic, callback, qos_profile, **kwargs):
+        # every subscription goes through input() (its ledger is keyed by ``topic``); not rclpy's own
+        # (``/clock`` of the time source, created before this class' state exists)
+        if getattr(self, "_input_ctx", None) is not None and topic != "/clock":
+            callback = self.input(topic, callback)
         if _qos_overridable(topic, qos_profile):
             kwargs.setdefault("qos_overriding_options", QoSOverridingOptions.with_default_policies())
         return self._track(super().create_subscription(msg_type, topic, callback, qos_profile, **kwargs),
@@ -252,9 +271,46 @@ class NexusNode(LifecycleNode):
         if "diagnostics_period" in changed:
             self.diag.set_period(changed["diagnostics_period"])
 
+    # --- input accounting -------------------------------------------------------------------
+    def input(self, topic: str, callback: Callable) -> Callable:
+        """Wrap a subscription callback: each message counts as ``received`` in the topic's ledger and
+        ends as exactly one outcome: a drop reason (:meth:`drop` inside the callback), ``ignored``
+        (:meth:`ignore`), ``error`` (the callback raised) or ``accepted`` (anything else)."""
+        ctx = self._input_ctx
+
+        @functools.wraps(callback)
+        def wrapped(msg, *args):
+            prev = getattr(ctx, "frame", None)
+            ctx.frame = frame = [topic, None]
+            self.diag.count_input(topic, "received")
+            try:
+                return callback(msg, *args)
+            except Exception:
+                frame[1] = frame[1] or "error"
+                raise
+            finally:
+                self.diag.count_input(topic, frame[1] or "accepted")
+                ctx.frame = prev
+
+        return wrapped
+
+    def _outcome(self, outcome: str) -> None:
+        frame = getattr(self._input_ctx, "frame", None)
+        if frame is not None and frame[1] is None:
+            frame[1] = outcome
+
+    def ignore(self, what: str = "") -> None:
+        """The message of the running callback is not for this node or not usable now (inactive, another
+        node's model): counted as ``ignored`` in its topic's ledger (and ``ignored_<what>``), not logged."""
+        if what:
+            self.diag.count(f"ignored_{what}")
+        self._outcome("ignored")
+
     def drop(self, reason: str, detail: str = "", level: str = "warning") -> None:
-        """Count a dropped input under ``dropped_<reason>`` and log it, at most once per second per reason."""
+        """Count a dropped input under ``dropped_<reason>`` (and as ``reason`` in the ledger of the input whose
+        callback is running) and log it, at most once per second per reason."""
         self.diag.count(f"dropped_{reason}")
+        self._outcome(reason)
         detail = detail if len(detail) < 300 else detail[:300] + "..."
         self.log_throttled(reason, f"dropped input ({reason}){': ' + detail if detail else ''}", level)
 
@@ -290,6 +346,7 @@ class NexusNode(LifecycleNode):
 
         if msg.model_id != model_id and msg.model_id in MODEL_IDS:
             self.diag.count("model_update_other_model")
+            self.ignore()
             return False
         if self._update_gate is None:
             self._update_gate = UpdateGate(self.params["trusted_keys"])
