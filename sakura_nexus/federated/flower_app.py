@@ -382,16 +382,22 @@ def _initial_model(rc: dict) -> np.ndarray | None:
 server_app = ServerApp()
 
 
-@server_app.main()
-def _server_main(grid: Grid, context: Context) -> None:
+@contextlib.contextmanager
+def _aggregator(context: Context):
+    """(aggregator, options) of a ServerApp run, held as the store's single writer for the run."""
     rc = dict(context.run_config)
     opts = ServerOptions.from_run_config(rc)
     os.makedirs(opts.store_dir, exist_ok=True)
     _setup_logging(opts.store_dir)
     with _single_writer(opts.store_dir, opts.lock_timeout_s):
-        cfg = FedBuffConfig.from_dict(rc)
-        agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir,
+        agg = FedBuffAggregator(_initial_model(rc), FedBuffConfig.from_dict(rc), store_dir=opts.store_dir,
                                 initial_version=int(rc.get("init-version", 0) or 0))
+        yield agg, opts
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    with _aggregator(context) as (agg, opts):
         FedBuffServerLoop(grid, agg, opts).run()
 
 
@@ -704,12 +710,5 @@ secure_server_app = ServerApp()
 
 @secure_server_app.main()
 def _secure_server_main(grid: Grid, context: Context) -> None:
-    rc = dict(context.run_config)
-    opts = ServerOptions.from_run_config(rc)
-    os.makedirs(opts.store_dir, exist_ok=True)
-    _setup_logging(opts.store_dir)
-    with _single_writer(opts.store_dir, opts.lock_timeout_s):
-        cfg = FedBuffConfig.from_dict(rc)
-        agg = FedBuffAggregator(_initial_model(rc), cfg, store_dir=opts.store_dir,
-                                initial_version=int(rc.get("init-version", 0) or 0))
+    with _aggregator(context) as (agg, opts):
         SecureServerLoop(grid, agg, opts, context).run()

@@ -421,12 +421,7 @@ class OnlineLearner:
                     coef = torch.cat(summed)
                     coef = (coef + torch.randn(coef.shape, generator=self._noise) * (z * clip)) / expected
                     self._subspace_step(None, coef)
-                    self.steps += 1
-                    self.samples_since_base += m
-                    if math.isfinite(value):
-                        self._loss_sum += value
-                        self._loss_n += 1
-                    self.snapshot = WorldModelSnapshot(self.model)
+                    self._stepped(m, value)
                 return value if math.isfinite(value) else None
             with self.lock:
                 for p, s_, mk in zip(self._params, summed, self._masks, strict=True):
@@ -436,13 +431,17 @@ class OnlineLearner:
                     p.grad = ((s_ + noise) / expected).expand_as(p).clone()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.steps += 1
-                self.samples_since_base += m
-                if math.isfinite(value):
-                    self._loss_sum += value
-                    self._loss_n += 1
-                self.snapshot = WorldModelSnapshot(self.model)
+                self._stepped(m, value)
             return value if math.isfinite(value) else None
+
+    def _stepped(self, samples: int, loss: float) -> None:
+        """Bookkeeping after one DP-SGD update (caller holds ``self.lock``): counters, loss, snapshot."""
+        self.steps += 1
+        self.samples_since_base += samples
+        if math.isfinite(loss):
+            self._loss_sum += loss
+            self._loss_n += 1
+        self.snapshot = WorldModelSnapshot(self.model)
 
     def dp_state(self) -> dict:
         """Privacy ledger and settings (persisted with checkpoints and by the world-model node)."""
