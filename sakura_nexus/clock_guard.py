@@ -12,7 +12,8 @@ Two faults stall a stamp-ordered node for good if nothing watches for them:
   that elapsed is reported too (counted; old samples then simply age out). With sim time running
   much faster than real time and inputs seconds apart, a fast sim can also count as a forward step.
 
-A clock that reads 0 (sim time before the first ``/clock``) is not judged.
+A clock that reads 0 (sim time before the first ``/clock``) is not judged here: a node drops every stamped
+input until its clock has started (``SakuraNode.future_stamp`` in ``sakura_nexus/ros/node.py``).
 """
 
 from __future__ import annotations

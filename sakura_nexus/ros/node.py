@@ -387,9 +387,18 @@ class NexusNode(LifecycleNode):
 
     def future_stamp(self, stamp: float, now: float, what: str) -> bool:
         """True (and the input dropped as ``future_stamp_<what>``) if ``stamp`` is more than
-        ``max_clock_offset`` ahead of ``now``: a foreign clock; it must not become the time reference."""
+        ``max_clock_offset`` ahead of ``now``: a foreign clock; it must not become the time reference.
+        Before the node's clock has started (``now`` 0: sim time, no ``/clock`` yet) every input is dropped
+        as ``no_clock_<what>``."""
         guard = self._clock_guard
-        if guard is None or not guard.is_future(stamp, now):
+        if guard is None:
+            return False
+        if now <= 0.0:
+            # on sim time before the first /clock: no stamp can be judged, so none may become the reference
+            # (a restarted node whose first odometry came from a foreign clock stalled on it for good)
+            self.drop(f"no_clock_{what}", f"{what} received before the node's clock started (no /clock yet)")
+            return True
+        if not guard.is_future(stamp, now):
             return False
         self.drop(f"future_stamp_{what}", f"{what} stamped {stamp - now:.3f} s ahead of the node's clock")
         return True
