@@ -202,7 +202,9 @@ def test_fuzzed_images_never_kill_the_node_and_are_all_counted(ros_node, encoder
         rig.embed(_scene(seed=99))  # still alive and processing
         assert rig.proc.alive()
         d = rig.diagnostics()
-        dropped = sum(int(v) for k, v in d.items() if k.startswith("dropped_"))
+        # every malformed message is counted once; a valid frame the rig re-sent (no observation within 1 s on
+        # a loaded machine) is dropped as a duplicate, which is not one of ours
+        dropped = sum(int(v) for k, v in d.items() if k.startswith("dropped_") and k != "dropped_duplicate_image")
         assert dropped == n_bad, d
     finally:
         rig.proc.stop()

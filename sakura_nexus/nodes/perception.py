@@ -79,8 +79,7 @@ class PerceptionNode(NexusNode):
         super().__init__("perception_node", PERCEPTION, **kwargs)
         self._slot: Image | CompressedImage | None = None
         self._slot_lock = threading.Condition()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self.run_while_active("inference", self._loop, wake=self._wake, join_timeout=2.0)
         self._encoder: _Encoder | None = None
         self._undistort = vision.Undistorter()
         self._cfg = vision.PreprocessConfig()
@@ -143,19 +142,9 @@ class PerceptionNode(NexusNode):
         self._last_publish = -1e18
         self._last_stamp = None
 
-    def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._loop, name="inference", daemon=True)
-        self._worker.start()
-        return super().on_activate(state)
-
-    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.set()
+    def _wake(self) -> None:
         with self._slot_lock:
             self._slot_lock.notify_all()
-        if self._worker:
-            self._worker.join(timeout=2.0)
-        return super().on_deactivate(state)
 
     def _level(self):
         c = self.diag.counters

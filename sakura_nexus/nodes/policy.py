@@ -84,7 +84,7 @@ class PolicyNode(NexusNode):
         self._map: OccupancyGrid | None = None
         self._ctg_request = threading.Event()   # (map, goal, clearance) changed: rebuild the cost-to-go
         self._ctg_thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._ctg_stop = threading.Event()
         self.params.on_change(self._on_params)
 
     # --- parameters -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class PolicyNode(NexusNode):
         self.create_subscription(OccupancyGrid, "map", self._on_map, model_qos())
         self.create_subscription(Observation, "observation", self._on_observation, sensor_qos())
         self.create_service(Trigger, "reset_estop", self._on_reset_estop)
-        self._stop.clear()
+        self._ctg_stop.clear()
         self._ctg_thread = threading.Thread(target=self._cost_to_go_loop, name="cost_to_go", daemon=True)
         self._ctg_thread.start()
         self._timer = self.create_timer(1.0 / p.control_rate, self._on_timer, callback_group=plan_group)
@@ -170,7 +170,7 @@ class PolicyNode(NexusNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._stop.set()
+        self._ctg_stop.set()
         self._ctg_request.set()
         return super().on_cleanup(state)
 
@@ -265,7 +265,7 @@ class PolicyNode(NexusNode):
         # a build holds the GIL in short numpy steps for up to 0.5 s: the plans on the executor thread
         # must not wait for it (SCHED_IDLE + a 0.5 ms GIL switch interval, as the world model's learner)
         self.diag.set("cost_to_go_thread_policy", deprioritise_current_thread())
-        while not self._stop.is_set():
+        while not self._ctg_stop.is_set():
             if not self._ctg_request.wait(0.25):
                 self._reroute_seen()
                 continue

@@ -95,8 +95,7 @@ class SimNode(NexusNode):
         super().__init__("sim_node", SIM, **kwargs)
         self._cell: FactoryCell | None = None
         self._requests: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.run_while_active("sim", self._run)
         self._cmd = (0.0, 0.0, -math.inf)  # v, w, sim time received
         self._sim_time = 0.0
         self._rtf = 0.0
@@ -125,18 +124,6 @@ class SimNode(NexusNode):
         self.get_logger().info(f"camera QoS {describe(sqos)}; physics {self.params.physics_rate:g} Hz, "
                                f"camera {self.params.camera_rate:g} Hz, state {STATE_RATE:g} Hz")
         return TransitionCallbackReturn.SUCCESS
-
-    def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="sim", daemon=True)
-        self._thread.start()
-        return super().on_activate(state)
-
-    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5.0)
-        return super().on_deactivate(state)
 
     def _level(self):
         if self._failed:

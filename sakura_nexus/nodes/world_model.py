@@ -28,7 +28,6 @@ import bisect
 import json
 import math
 import os
-import threading
 import time
 from collections import deque
 
@@ -100,8 +99,7 @@ class WorldModelNode(NexusNode):
         self._surprise = 0.0
         self._sequence = 0
         self._final_delta_sent = False  # the budget-exhausted delta went out: no more deltas
-        self._stop = threading.Event()
-        self._learn_thread: threading.Thread | None = None
+        self.run_while_active("learner", self._learn_loop)
         self._pubs = {}
         self.params.on_change(self._on_params)
 
@@ -165,16 +163,8 @@ class WorldModelNode(NexusNode):
                                f"{ckpt.world_model.num_parameters()} parameters")
         return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.clear()
-        self._learn_thread = threading.Thread(target=self._learn_loop, name="learner", daemon=True)
-        self._learn_thread.start()
-        return super().on_activate(state)
-
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.set()
-        if self._learn_thread:
-            self._learn_thread.join(timeout=5.0)
+        self.stop_workers()  # the learner ends before the checkpoint
         if self.params.state_dir:
             self._checkpoint()
         return super().on_deactivate(state)

@@ -31,8 +31,9 @@ from collections.abc import Callable
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, SimpleManagedEntity, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, ManagedEntity, SimpleManagedEntity, TransitionCallbackReturn
 from rclpy.lifecycle import State as LifecycleState
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -63,7 +64,12 @@ class Diagnostics:
         self._rate_mark: tuple[float, Counter] | None = None
         self._windows: dict[str, deque] = {}  # value name -> last samples (summarised in status())
         self.inputs: dict[str, Counter] = {}   # input topic -> {received, accepted, ignored, <drop reason>}
-        self._timer = node.create_timer(period, self.publish)
+        self._timer = self._create_timer(period)
+
+    def _create_timer(self, period: float):
+        # on the steady clock: a node on sim time whose /clock has not started (or has stopped) still
+        # reports, e.g. the input it drops meanwhile (no_clock_<what>); the array is stamped with ROS time
+        return self._node.create_timer(period, self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -117,7 +123,7 @@ class Diagnostics:
         self._timer.cancel()
         self._node.destroy_timer(self._timer)
         with self._node.untracked():  # the diagnostics timer lives as long as the node, not one configuration
-            self._timer = self._node.create_timer(period, self.publish)
+            self._timer = self._create_timer(period)
 
     def status(self) -> DiagnosticStatus:
         self._update_rates()
@@ -149,6 +155,36 @@ class _Activity(SimpleManagedEntity):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._enabled = False
+        return TransitionCallbackReturn.SUCCESS
+
+
+class _Worker(ManagedEntity):
+    """A thread that runs ``target`` while the node is active: started on activate; on deactivate
+    (and the node's shutdown or error: :meth:`SakuraNode.stop_workers`) the node's ``stop`` event is
+    set, ``wake`` called (to interrupt a wait) and the thread joined."""
+
+    def __init__(self, name: str, target: Callable[[], None], stop: threading.Event,
+                 wake: Callable[[], None] | None, join_timeout: float):
+        self.name, self._target, self._stop, self._wake = name, target, stop, wake
+        self._join_timeout = join_timeout
+        self._thread: threading.Thread | None = None
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._target, name=self.name, daemon=True)
+        self._thread.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._wake is not None:
+            self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=self._join_timeout)
+            self._thread = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
         return TransitionCallbackReturn.SUCCESS
 
 
@@ -215,6 +251,21 @@ class NexusNode(LifecycleNode):
         self._clock_guard: ClockGuard | None = None
         self._on_clock_back: Callable[[], None] | None = None
         self._input_ctx = threading.local()  # the input topic (and its outcome) of the running callback
+        self._stop = threading.Event()  # set while the node is not active: its worker threads end
+        self._workers: list[_Worker] = []
+
+    def run_while_active(self, name: str, target: Callable[[], None], wake: Callable[[], None] | None = None,
+                         join_timeout: float = 5.0) -> None:
+        """Run ``target`` on its own thread (``name``) while the node is active; it must return soon after
+        ``self._stop`` is set (``wake`` is called then, to end a wait). Call once, from ``__init__``."""
+        worker = _Worker(name, target, self._stop, wake, join_timeout)
+        self._workers.append(worker)
+        self.add_managed_entity(worker)
+
+    def stop_workers(self) -> None:
+        """End the worker threads now (deactivate does it anyway), e.g. before a checkpoint."""
+        for worker in self._workers:
+            worker.stop()
 
     # --- entities: QoS overrides and configure/cleanup bookkeeping ------------------------------
     @contextlib.contextmanager
@@ -419,11 +470,13 @@ class NexusNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._activity.on_shutdown(state)
+        self.stop_workers()
         self.destroy_configured()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._activity.on_error(state)
+        self.stop_workers()
         self.destroy_configured()  # the node goes back to unconfigured
         return TransitionCallbackReturn.SUCCESS
 
