@@ -81,11 +81,12 @@ def profile(controller: str, seconds: float, seed: int, warmup_frames: int = 30)
     """In-process, ROS-free: the stack's per-frame work at 30 Hz (see the module docstring)."""
     import torch
 
-    from sakura_nexus import demo, vision
+    from sakura_nexus import vision
     from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleModel
     from sakura_nexus.control.learned import SeenObstacles, _cost_to_go, _route_grid
     from sakura_nexus.control.planner import MPPIPlanner
     from sakura_nexus.control.safety import SafetyLayer
+    from sakura_nexus.harness.goals import pick_goals
     from sakura_nexus.models.checkpoint import load_checkpoint
     from sakura_nexus.models.obstacles import load_range_head
     from sakura_nexus.models.online import OnlineLearner, Transition
@@ -127,7 +128,7 @@ def profile(controller: str, seconds: float, seed: int, warmup_frames: int = 30)
     cell = FactoryCell(CellConfig(seed=seed), camera_width=320, camera_height=240)
     cell.reset(seed)
     cell_map = (list(cell.map_obstacles), float(cell.size[0]))
-    goals, _ = demo.pick_goals(seed, 40, start=cell.pose, straight=True, min_dist=1.0)
+    goals, _ = pick_goals(seed, 40, start=cell.pose, straight=True, min_dist=1.0)
     stages = _Stages()
     n_frames = int(seconds * CAMERA_RATE) + warmup_frames
     period = 1.0 / CAMERA_RATE

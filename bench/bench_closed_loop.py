@@ -7,7 +7,7 @@ clock), so the harness' own scheduling does not enter the numbers:
 - latency image -> command: from the *source* timestamp of each image (taken here as a raw, serialized
   message: only its stamp is parsed; rendering happens before it and is excluded) to the *reception*
   timestamp here of the cmd_vel planned from that image (matched through the ``plan`` carrying the
-  image stamp, which policy_node publishes right after that command: ``demo.MissionLog.commands``).
+  image stamp, which policy_node publishes right after that command: ``harness.latency.MissionLog.commands``).
   p50 / p99; targets p50 <= 8 ms, p99 <= 20 ms;
 - per hop (source timestamps): image -> Observation, Observation -> WorldState, WorldState -> cmd_vel,
   cmd_vel delivery; compute inside each hop = the node's own work up to its publish
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="closed_loop", help="output name (out/bench/<name>.json/.png)")
     ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
                     help="parameter override, e.g. policy_node.samples=64 (repeatable)")
-    from sakura_nexus.demo import COMPOSED_DEFAULT
+    from sakura_nexus.harness.pipeline import COMPOSED_DEFAULT
 
     ap.add_argument("--composed", action=argparse.BooleanOptionalAction, default=COMPOSED_DEFAULT,
                     help="perception, world_model and policy in one process (nexus_container)")
@@ -134,19 +134,22 @@ def main(argv=None) -> int:
         node, name = key.split(".", 1)
         overrides.setdefault(node, {})[name] = value
 
-    from sakura_nexus import demo
+    from sakura_nexus.harness.goals import pick_goals
+    from sakura_nexus.harness.latency import cmd_gaps
+    from sakura_nexus.harness.pipeline import Pipeline, models_missing
+    from sakura_nexus.harness.supervisor import cpu_cores
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_closed_loop_"))
     if args.models:
         os.environ["SAKURA_NEXUS_MODELS"] = str(pathlib.Path(args.models).resolve())
     model_note = "shipped checkpoint"
-    if demo.models_missing():
+    if models_missing():
         os.environ["SAKURA_NEXUS_MODELS"] = str(temporary_models(tmp / "models"))
         model_note = "randomly initialised checkpoint (models/ missing): same architecture and compute"
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     load_before = os.getloadavg()
-    pipe = demo.Pipeline(tmp / "run", seed=args.seed, controller=args.controller, hops=True, diagnostics=True,
-                         overrides=overrides, composed=args.composed, stack_cpus=args.stack_cpus)
+    pipe = Pipeline(tmp / "run", seed=args.seed, controller=args.controller, hops=True, diagnostics=True,
+                    overrides=overrides, composed=args.composed, stack_cpus=args.stack_cpus)
     print(f"closed loop: {args.controller}, {'composed' if args.composed else 'separate processes'}"
           f"{', stack on CPUs ' + args.stack_cpus if args.stack_cpus else ''}, {model_note}; "
           f"logs in {tmp / 'run' / 'logs'}", flush=True)
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
         log = m.log
         m.log.t0 = m.now()
         m.recording = True
-        goals, layout = demo.pick_goals(args.seed, 40, start=m.pose, straight=True, min_dist=1.0)
+        goals, layout = pick_goals(args.seed, 40, start=m.pose, straight=True, min_dist=1.0)
         t_wall0 = time.monotonic()
         t_measure0 = t_wall0 + args.warmup
         t_end = t_measure0 + args.seconds
@@ -200,8 +203,8 @@ def main(argv=None) -> int:
     info_lag = [(log.info_src[k] - log.image_src[k]) * 1e-9 for k in log.image_src
                 if k in log.info_src and window0_ns <= log.image_src[k] <= window1_ns]
     table, arr, comp_obs = hop_table(log, window0_ns, window1_ns, log.diag)
-    ctrl = demo.cmd_gaps(log.cmd_src, 1.0 / 20.0, window0_ns, window1_ns)
-    cpu = demo.cpu_cores(cpu0, cpu1, window_s)
+    ctrl = cmd_gaps(log.cmd_src, 1.0 / 20.0, window0_ns, window1_ns)
+    cpu = cpu_cores(cpu0, cpu1, window_s)
     stack_cpu = cpu.pop("robot_stack")
     cpu.pop("robot_sync", None)
     lat = common.summary_ms(lat_rx)

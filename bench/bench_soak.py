@@ -3,9 +3,9 @@
     python bench/bench_soak.py --duration 1800        # the documented manual run (docs/robustness.md)
     sakura-nexus bench soak -- --duration 120          # the CI variant's length (test/test_soak.py)
 
-The demo's pipeline (:class:`sakura_nexus.demo.Pipeline`, its :class:`~sakura_nexus.demo.Supervisor`) runs
-sim, perception, world model, policy, federated sync and the aggregator as separate processes. Then, for
-``--duration`` seconds of wall time:
+The demo's pipeline (:class:`sakura_nexus.harness.pipeline.Pipeline`, its
+:class:`~sakura_nexus.harness.supervisor.Supervisor`) runs sim, perception, world model, policy, federated
+sync and the aggregator as separate processes. Then, for ``--duration`` seconds of wall time:
 
 - garbage on every input (:mod:`sakura_nexus.ros.garbage`, its own process) at ``--garbage-rate``
   messages per second per topic, all the time;
@@ -142,8 +142,9 @@ def run(args) -> dict:
     from rosgraph_msgs.msg import Clock
 
     from sakura_nexus import bringup
-    from sakura_nexus.demo import Pipeline, pick_goals
     from sakura_nexus.federated.launcher import wait_healthy
+    from sakura_nexus.harness.goals import pick_goals
+    from sakura_nexus.harness.pipeline import Pipeline
     from sakura_nexus.ros.garbage import TOPICS
 
     work = pathlib.Path(args.work or out_dir() / "soak_run").resolve()

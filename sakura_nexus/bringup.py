@@ -1,6 +1,7 @@
 """The node set of one robot, in one place: used by the launch files (launch/*.launch.py) and by
-the ROS-launch-free demo supervisor (sakura_nexus.demo), so both start the same executables with the
-same parameter files, remappings and Fast DDS profile. ROS-free (it only describes processes)."""
+the ROS-launch-free demo harness (sakura_nexus.harness), so both start the same executables with the
+same parameter files, remappings, Fast DDS profile and environment (:func:`ros_environment`).
+ROS-free (it only describes processes)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from sakura_nexus.paths import config_file
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,28 @@ def fastdds_profile_env(profile: str, environ: Mapping[str, str] | None = None) 
     """
     environ = environ or {}
     gen = fastdds_generation(environ)
-    names = {3: FASTDDS_PROFILE_VARS[:1], 2: FASTDDS_PROFILE_VARS[1:]}.get(gen, FASTDDS_PROFILE_VARS)
+    by_generation: dict[int | None, tuple[str, ...]] = {3: FASTDDS_PROFILE_VARS[:1], 2: FASTDDS_PROFILE_VARS[1:]}
+    names = by_generation.get(gen, FASTDDS_PROFILE_VARS)
     chosen = next((environ[k] for k in FASTDDS_PROFILE_VARS if environ.get(k)), str(profile))
     return {k: environ.get(k) or chosen for k in names}
+
+
+def ros_environment(domain_id: int | None = None, log_dir: str | None = None) -> dict:
+    """Environment for child processes: own DDS domain, localhost only, SHM profile, offscreen GL."""
+    env = dict(os.environ)
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else env.get("ROS_DOMAIN_ID",
+                                                                                 20 + os.getpid() % 80))
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.update(fastdds_profile_env(str(config_file(FASTDDS_PROFILE)), env))
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("PYOPENGL_PLATFORM", "egl")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONSAFEPATH"] = "1"
+    if log_dir:
+        env["ROS_LOG_DIR"] = log_dir
+        env.setdefault("ROS_HOME", log_dir)
+    return env
 
 
 def ros_args(spec: NodeSpec, params_files: list[str], namespace: str = "", use_sim_time: bool = True,

@@ -12,7 +12,7 @@ import sys
 
 # command -> (module, function, help). Each function takes the remaining argv.
 COMMANDS = {
-    "demo": ("sakura_nexus.demo", "main", "run the MuJoCo cell + the four nodes and write a report"),
+    "demo": ("sakura_nexus.harness.cli", "main", "run the MuJoCo cell + the four nodes and write a report"),
     "train": ("sakura_nexus.models.training", "train_main",
               "collect sim data (or read --bag rosbags) and train encoder + world model"),
     "inspect": ("sakura_nexus.bags.report", "inspect_main",

@@ -36,7 +36,7 @@ MPC_REACH = os.environ.get("SAKURA_E2E_MPC_REACH", "1") != "0"
 
 @pytest.fixture(scope="module")
 def models():
-    from sakura_nexus.demo import models_missing
+    from sakura_nexus.harness.pipeline import models_missing
 
     reason = models_missing()
     if reason:
@@ -46,27 +46,30 @@ def models():
 @pytest.mark.ros
 @pytest.mark.slow
 def test_closed_loop_reaches_goal_without_collision_then_mpc_drives_safely(models, rclpy_context, tmp_path):
-    from sakura_nexus import demo
+    from sakura_nexus.harness.goals import pick_goals
+    from sakura_nexus.harness.mission import drive
+    from sakura_nexus.harness.pipeline import Pipeline
+    from sakura_nexus.harness.report import summarise
 
     t0 = time.monotonic()
-    with demo.Pipeline(tmp_path / "e2e", seed=SEED, controller="go_to_goal", startup_timeout=60.0) as pipe:
+    with Pipeline(tmp_path / "e2e", seed=SEED, controller="go_to_goal", startup_timeout=60.0) as pipe:
         m = pipe.mission
-        goals, _ = demo.pick_goals(SEED, 2, start=m.pose, straight=True, min_dist=1.0, max_dist=2.0, margin=0.2)
+        goals, _ = pick_goals(SEED, 2, start=m.pose, straight=True, min_dist=1.0, max_dist=2.0, margin=0.2)
         # 1. go_to_goal through the whole chain
-        demo.drive(m, goals[:1], GOAL_TIMEOUT, TOLERANCE, progress=False, supervisor=pipe.sup)
+        drive(m, goals[:1], GOAL_TIMEOUT, TOLERANCE, progress=False, supervisor=pipe.sup)
         first = dict(m.log.goals[0])
         # 2. the MPC, switched on live
         assert all(r.successful for r in m.set_params("policy_node", {"controller": "mpc"}))
         t_switch_ns = time.time_ns()
         start_pose = m.pose
-        demo.drive(m, goals[1:], GOAL_TIMEOUT if MPC_REACH else MPC_SECONDS, TOLERANCE, progress=False,
-                   supervisor=pipe.sup)
+        drive(m, goals[1:], GOAL_TIMEOUT if MPC_REACH else MPC_SECONDS, TOLERANCE, progress=False,
+              supervisor=pipe.sup)
         mpc_goal = dict(m.log.goals[1])
         end_pose = m.pose
         m.hold()
         time.sleep(0.5)
     log = m.log
-    s = demo.summarise(log)
+    s = summarise(log)
     mpc_plans = [k for k, n in log.plan_poses.items() if n > 2 and log.plan_rx[k] > t_switch_ns]
     logs = {n: pipe.sup.log_tail(n, 6) for n in pipe.sup.procs}
     detail = (f"summary {s}\nstart-up {pipe.startup_s:.1f} s, total {time.monotonic() - t0:.1f} s\n"
@@ -91,19 +94,21 @@ def test_learned_mpc_drives_round_an_unmapped_obstacle_to_its_goal(models, rclpy
     lacks (sim_node ``unmapped_obstacles``); the camera's range head (perception) sees it, the policy
     remembers it and routes round it. 0 contacts, goal reached. (ROS-free, the kinematic controller
     drives into this very box: test_kinematic.py / docs/control.md.)"""
-    from sakura_nexus import demo
+    from sakura_nexus.harness.goals import pick_goals
+    from sakura_nexus.harness.mission import drive
+    from sakura_nexus.harness.pipeline import Pipeline
     from sakura_nexus.sim import CellConfig, FactoryCell
 
     cell = FactoryCell(CellConfig(seed=SEED), camera_width=16, camera_height=16)
     start = cell.pose
     cell.close()
-    goals, _ = demo.pick_goals(SEED, 1, start=start, straight=True, min_dist=1.8, max_dist=3.0, margin=0.3)
+    goals, _ = pick_goals(SEED, 1, start=start, straight=True, min_dist=1.8, max_dist=3.0, margin=0.3)
     g = goals[0]
     box = [(start[0] + g[0]) / 2, (start[1] + g[1]) / 2, 0.45, 0.45, 0.3, 0.7]   # on the straight leg
-    with demo.Pipeline(tmp_path / "e2e_unmapped", seed=SEED, controller="learned_mpc", startup_timeout=60.0,
-                       overrides={"sim_node": {"unmapped_obstacles": box}}) as pipe:
+    with Pipeline(tmp_path / "e2e_unmapped", seed=SEED, controller="learned_mpc", startup_timeout=60.0,
+                  overrides={"sim_node": {"unmapped_obstacles": box}}) as pipe:
         m = pipe.mission
-        demo.drive(m, goals, 40.0, TOLERANCE, progress=False, supervisor=pipe.sup)
+        drive(m, goals, 40.0, TOLERANCE, progress=False, supervisor=pipe.sup)
         rec = dict(m.log.goals[0])
         m.hold()
         time.sleep(0.3)
@@ -117,7 +122,7 @@ def test_learned_mpc_drives_round_an_unmapped_obstacle_to_its_goal(models, rclpy
 @pytest.mark.parametrize("seed", [0, 3, 5])
 def test_straight_goals_have_a_clear_line_and_are_deterministic(seed):
     pytest.importorskip("mujoco")
-    from sakura_nexus.demo import pick_goals, segment_clearance
+    from sakura_nexus.harness.goals import pick_goals, segment_clearance
     from sakura_nexus.sim import CellConfig, FactoryCell
 
     cell = FactoryCell(CellConfig(seed=seed), camera_width=16, camera_height=16)
@@ -134,7 +139,7 @@ def test_straight_goals_have_a_clear_line_and_are_deterministic(seed):
 
 
 def test_control_gaps_count_missed_ticks():
-    from sakura_nexus.demo import cmd_gaps
+    from sakura_nexus.harness.latency import cmd_gaps
 
     period = 0.05
     t = list(np.arange(0, 2.0, period))          # 40 ticks at 20 Hz
@@ -147,7 +152,8 @@ def test_control_gaps_count_missed_ticks():
 
 def test_report_and_summary_from_a_mission_log(tmp_path):
     pytest.importorskip("matplotlib")
-    from sakura_nexus.demo import MissionLog, summarise, write_report
+    from sakura_nexus.harness.latency import MissionLog
+    from sakura_nexus.harness.report import summarise, write_report
     from sakura_nexus.sim import CellConfig
     from sakura_nexus.sim.layout import generate_layout
 

@@ -25,7 +25,7 @@ def test_ten_thousand_malformed_messages_per_input_topic(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
 
     from sakura_nexus import bringup
-    from sakura_nexus.demo import Pipeline, models_missing
+    from sakura_nexus.harness.pipeline import Pipeline, models_missing
     from sakura_nexus.ros.garbage import NO_MALFORMED_FORM, TOPICS
 
     if models_missing():
