@@ -149,6 +149,49 @@ def test_checkpoint_resume_keeps_model_buffer_dedup_and_counters(tmp_path):
         FedBuffAggregator(None, cfg, store_dir=str(tmp_path / "empty"))
 
 
+def test_file_format_store_migrates_on_first_open(tmp_path):
+    """A store directory of the file-based format (content-addressed ``blobs/*.npy`` + ``state.json``,
+    written here by a frozen copy of that writer) is imported on first open: model, kept history, buffered
+    slot, de-dup table, counters; the old files go only after the commit."""
+    import hashlib
+    import io
+    import json
+    import os
+
+    d = tmp_path / "agg"
+    (d / "blobs").mkdir(parents=True)
+
+    def blob(x):
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(x, np.float32), allow_pickle=False)
+        name = hashlib.sha256(buf.getvalue()).hexdigest()[:32] + ".npy"
+        (d / "blobs" / name).write_bytes(buf.getvalue())
+        return name
+
+    st = {"format": 1, "version": 5, "model": blob(np.full(N, 5.0)), "size": N,
+          "seen": {"r1": [[1, 7]], "r2": [[1, 2], [4, 4]]},
+          "counters": {"received": 11, "accepted": 9, "accepted_deltas": 10, "aggregations": 2, "duplicates": 1},
+          "slots": {"r1": {"blob": blob(np.full(N, 0.5)), "count": 1, "samples": 10, "weight": 1.0}},
+          "arrivals": 1, "history": [[3, blob(np.full(N, 3.0))], [4, blob(np.full(N, 4.0))]],
+          "last_aggregation": {"version": 5, "deltas": 4}, "robots": {"r1": {"accepted": 7, "last_seq": 7}},
+          "accountant": None, "config": {}, "saved_at": 1.0}
+    (d / "state.json").write_text(json.dumps(st))
+    (d / ".lock").touch()
+    cfg = FedBuffConfig(buffer_size=2, staleness_exponent=0.0)
+    agg = FedBuffAggregator(None, cfg, store_dir=str(d))
+    assert agg.version == 5 and agg.buffered == 1 and np.array_equal(agg.model, np.full(N, 5.0))
+    assert agg.counters["accepted"] == 9 and agg.snapshot()["robots"]["r1"]["last_seq"] == 7
+    assert agg.submit(np.ones(N), 5, "r1", 7).status == "duplicate"
+    assert agg.submit(np.ones(N), 5, "r2", 4).status == "duplicate"
+    r = agg.submit(np.ones(N), 5, "r2", 3)  # with the migrated r1 slot: (0.5 + 1) / 2
+    assert r.new_version == 6 and np.allclose(agg.model, 5.75)
+    store = GlobalModelStore(str(d))
+    assert store.versions() == [3, 4, 5, 6] and np.array_equal(store.load_model(3)[1], np.full(N, 3.0))
+    assert {n for n in os.listdir(d) if not n.startswith("store.db")} == {"state.json.migrated"}  # blobs/ gone
+    agg2 = FedBuffAggregator(None, cfg, store_dir=str(d))
+    assert agg2.version == 6 and np.allclose(agg2.model, 5.75) and agg2.is_seen("r2", 3)
+
+
 def test_central_dp_noise_accounting_and_budget(tmp_path):
     cfg = FedBuffConfig(buffer_size=4, clip_norm=1.0, dp_noise_multiplier=1.0, dp_max_epsilon=12.0, seed=3)
     agg = FedBuffAggregator(np.zeros(10_000), cfg, store_dir=str(tmp_path))
