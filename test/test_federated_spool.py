@@ -54,6 +54,16 @@ def test_append_pending_read_ack_roundtrip(tmp_path):
     assert not sp.append("r1", 99, payload(99), base_version=0)
 
 
+def test_non_finite_metadata_round_trips(tmp_path):
+    """A NaN delta is spooled like any other (the aggregator rejects it as ``nonfinite``): SQLite keeps a
+    NaN REAL as NULL, the entry still reads back with NaN, and merges/acks work on it."""
+    sp = Spool(str(tmp_path))
+    assert sp.append("r1", 1, encode(np.full(8, np.nan, np.float32)), base_version=0, local_loss=float("nan"))
+    (e,) = sp.pending()
+    assert np.isnan(e.l2_norm) and np.isnan(e.local_loss) and np.isnan(decode(sp.read(e))).all()
+    assert sp.ack([e.key]) == 1 and sp.is_acked("r1", 1)
+
+
 def test_deduplicated_by_robot_and_sequence(tmp_path):
     sp = Spool(str(tmp_path))
     assert sp.append("r1", 5, payload(5), base_version=0)

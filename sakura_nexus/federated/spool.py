@@ -43,12 +43,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +104,7 @@ _COLS = ", ".join(_META)
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
          robot_id TEXT NOT NULL, seq INTEGER NOT NULL, seq_first INTEGER NOT NULL, base_version INTEGER NOT NULL,
-         codec TEXT NOT NULL, sample_count INTEGER NOT NULL, local_loss REAL NOT NULL, l2_norm REAL NOT NULL,
+         codec TEXT NOT NULL, sample_count INTEGER NOT NULL, local_loss REAL, l2_norm REAL,  -- NULL: NaN
          model_id TEXT NOT NULL, created_at REAL NOT NULL, payload_len INTEGER NOT NULL, merged INTEGER NOT NULL,
          sent INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, sha256 BLOB NOT NULL,
          payload BLOB NOT NULL,  -- last: listing the metadata never reads the payload's overflow pages
@@ -117,6 +119,15 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, robot_id TEXT, seq INTEGER,
          reason TEXT NOT NULL, at REAL NOT NULL, meta TEXT, payload BLOB)""",
 )
+
+
+def _entry(row: Sequence) -> SpoolEntry:
+    """A SpoolEntry from its ``_META`` columns (SQLite stores a NaN float as NULL: it comes back as NaN)."""
+    d: dict[str, Any] = dict(zip(_META, row, strict=False))
+    for k in ("local_loss", "l2_norm"):
+        if d[k] is None:
+            d[k] = math.nan
+    return SpoolEntry(**d)
 
 
 def _bump(c: sqlite3.Connection, name: str, n: int = 1) -> None:
@@ -163,7 +174,7 @@ class Spool:
             rows = c.execute(q, (robot_id,) if robot_id is not None else ()).fetchall()
         out = []
         for row in rows:
-            e = SpoolEntry(*row[:-1])
+            e = _entry(row)
             if row[-1] != e.payload_len:
                 self._quarantine(e.key, "length")
                 continue
@@ -190,7 +201,7 @@ class Spool:
             if row is None:
                 return
             c.execute("INSERT INTO quarantine (robot_id, seq, reason, at, meta, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                      (*key, reason, time.time(), json.dumps(SpoolEntry(*row[:-1]).meta()), row[-1]))
+                      (*key, reason, time.time(), json.dumps(_entry(row).meta()), row[-1]))
             c.execute("DELETE FROM entries WHERE robot_id = ? AND seq = ?", key)
             _bump(c, "corrupt")
 
@@ -284,7 +295,7 @@ class Spool:
         need = len(payload) + ENTRY_OVERHEAD
         written = False
         while used + need > self.max_bytes:
-            unsent = [SpoolEntry(*r) for r in c.execute(
+            unsent = [_entry(r) for r in c.execute(
                 f"SELECT {_COLS} FROM entries WHERE sent = 0 ORDER BY robot_id, seq")]
             done = False
             if self.policy == "merge":
