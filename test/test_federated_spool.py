@@ -492,3 +492,40 @@ def test_sigkill_during_the_migration_leaves_the_old_spool_intact(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0
     db.close()
     _check_migrated(d, payloads)
+
+
+ACKER = r"""
+import os, sys, time
+from sakura_nexus.federated.spool import Spool
+d = sys.argv[1]
+sp = Spool(d)
+acked = 0
+while True:
+    done = os.path.exists(os.path.join(d, "DONE"))
+    batch = sp.pending("r1")[:3]
+    for e in batch:
+        sp.read(e)
+    sp.mark_sent(batch)
+    acked += sp.ack([e.key for e in batch])
+    sp.record_sync(1, 0, 0)
+    if done and not batch:
+        break
+print(acked)
+"""
+
+
+def test_two_processes_append_and_ack_concurrently(tmp_path):
+    """The ROS node appends while a ClientApp process reads, marks and acks: SQLite's locking (busy
+    timeout, no flock) serialises them; every append is acknowledged exactly once."""
+    d = str(tmp_path)
+    sp = Spool(d)
+    child = subprocess.Popen([sys.executable, "-c", ACKER, d], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    for s in range(1, 61):
+        assert sp.append("r1", s, payload(s, 256), base_version=0)
+    open(os.path.join(d, "DONE"), "w").close()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err[-2000:]
+    st = sp.stats()
+    assert int(out) == 60 == st["acked"] == st["appended"] and st["pending"] == 0
+    assert all(sp.is_acked("r1", s) for s in range(1, 61)) and st["syncs"] > 0

@@ -95,7 +95,9 @@ class Database:
             c = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S, isolation_level=None,
                                 check_same_thread=False, factory=_Conn)
             c.pid = os.getpid()
-            c.execute("PRAGMA journal_mode=WAL")
+            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a file system without shared memory (network mounts)
+                raise sqlite3.OperationalError(f"cannot use WAL journal mode here (got {mode!r})")
             c.execute(f"PRAGMA synchronous={self.synchronous}")
             c.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL to 64 MiB after checkpoints
         except sqlite3.Error as e:
@@ -122,7 +124,8 @@ class Database:
             try:
                 yield c
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                    c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
         except sqlite3.Error as e:
