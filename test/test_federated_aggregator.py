@@ -421,3 +421,62 @@ def test_egress_check_accepts_deltas_and_flags_images_embeddings():
     with pytest.raises(AssertionError):
         check_egress([bad["image"]]).raise_if_failed()
     assert decode(good[0]).shape == (5000,)
+
+
+PUBLISH_KILLER = r"""
+import os, signal, sys
+import numpy as np
+from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
+agg = FedBuffAggregator(None, FedBuffConfig(buffer_size=2, staleness_exponent=0.0), store_dir=sys.argv[1])
+ran = []
+def before_statement(sql):
+    ran.append(sql)
+    if len(ran) > int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+agg.store.db.conn().set_trace_callback(before_statement)
+agg.submit(np.full(int(sys.argv[3]), 3.0, np.float32), 0, "r2", 1)  # completes the buffer: version 1
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_while_publishing_a_version_leaves_the_old_or_the_new_one(tmp_path):
+    """Publishing a version is one store transaction (new model, history, buffer cleared, de-dup ranges,
+    counters): the aggregator is SIGKILLed before each of its statements in turn; the reopened store is
+    exactly the checkpoint before or exactly the one after."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg = FedBuffConfig(buffer_size=2, staleness_exponent=0.0)
+
+    def buffered_one(d):
+        agg = FedBuffAggregator(np.zeros(N, np.float32), cfg, store_dir=d)
+        assert agg.submit(np.full(N, 1.0, np.float32), 0, "r1", 1).accepted and agg.buffered == 1
+        return agg
+
+    agg = buffered_one(str(tmp_path / "dry"))
+    ran: list[str] = []
+    agg.store.db.conn().set_trace_callback(ran.append)
+    assert agg.submit(np.full(N, 3.0, np.float32), 0, "r2", 1).new_version == 1
+    agg.store.db.conn().set_trace_callback(None)
+    assert ran[0] == "BEGIN IMMEDIATE" and ran[-1] == "COMMIT", ran
+    after = []
+    for k in range(len(ran) + 1):
+        d = str(tmp_path / f"k{k}")
+        del agg
+        agg = buffered_one(d)
+        proc = subprocess.run([sys.executable, "-c", PUBLISH_KILLER, d, str(k), str(N)], capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+        agg = FedBuffAggregator(None, cfg, store_dir=d)
+        store = GlobalModelStore(d)
+        after.append(agg.version == 1)
+        if agg.version == 1:
+            assert agg.buffered == 0 and agg.is_seen("r2", 1) and np.allclose(agg.model, 2.0)
+            assert store.versions() == [0, 1] and agg.counters["aggregations"] == 1
+            assert store.load_state()["slots"] == {}
+        else:
+            assert agg.version == 0 and agg.buffered == 1 and not agg.is_seen("r2", 1) and not agg.model.any()
+            assert store.versions() == [0] and agg.counters.get("aggregations", 0) == 0
+            assert agg.submit(np.full(N, 3.0, np.float32), 0, "r2", 1).new_version == 1  # the resend lands
+    print(f"\nPUBLISH KILL: {len(ran)} statements; version 1 after kill at k: {after}")
+    assert after[0] is False and after[-1] is True and after == sorted(after)
