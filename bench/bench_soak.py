@@ -376,23 +376,19 @@ def _time(t: float):
 
 
 def _spool(d: pathlib.Path) -> dict:
-    try:
-        st = json.loads((d / "state.json").read_text())
-    except (OSError, ValueError):
-        st = {}
-    c = st.get("counters", {})
-    pending = len(glob.glob(str(d / "deltas" / "*.delta")))
-    return {"appended": c.get("appended", 0), "acked": c.get("acked", 0), "duplicates": c.get("duplicates", 0),
-            "pending": pending}
+    from sakura_nexus.federated.spool import DB_NAME, Spool
+
+    st = Spool(str(d)).stats() if (d / DB_NAME).exists() else {}
+    return {"appended": st.get("appended", 0), "acked": st.get("acked", 0), "duplicates": st.get("duplicates", 0),
+            "pending": st.get("pending", 0)}
 
 
 def _aggregator_state(d: pathlib.Path) -> dict:
-    for path in sorted(glob.glob(str(d / "**" / "state.json"), recursive=True)):
-        try:
-            st = json.loads(pathlib.Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        if "seen" in st:
+    from sakura_nexus.federated.aggregator import STORE_DB, GlobalModelStore
+
+    for path in sorted(glob.glob(str(d / "**" / STORE_DB), recursive=True)):
+        st = GlobalModelStore(os.path.dirname(path)).load_state()
+        if st is not None:
             return st
     return {}
 

@@ -149,6 +149,49 @@ def test_checkpoint_resume_keeps_model_buffer_dedup_and_counters(tmp_path):
         FedBuffAggregator(None, cfg, store_dir=str(tmp_path / "empty"))
 
 
+def test_file_format_store_migrates_on_first_open(tmp_path):
+    """A store directory of the file-based format (content-addressed ``blobs/*.npy`` + ``state.json``,
+    written here by a frozen copy of that writer) is imported on first open: model, kept history, buffered
+    slot, de-dup table, counters; the old files go only after the commit."""
+    import hashlib
+    import io
+    import json
+    import os
+
+    d = tmp_path / "agg"
+    (d / "blobs").mkdir(parents=True)
+
+    def blob(x):
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(x, np.float32), allow_pickle=False)
+        name = hashlib.sha256(buf.getvalue()).hexdigest()[:32] + ".npy"
+        (d / "blobs" / name).write_bytes(buf.getvalue())
+        return name
+
+    st = {"format": 1, "version": 5, "model": blob(np.full(N, 5.0)), "size": N,
+          "seen": {"r1": [[1, 7]], "r2": [[1, 2], [4, 4]]},
+          "counters": {"received": 11, "accepted": 9, "accepted_deltas": 10, "aggregations": 2, "duplicates": 1},
+          "slots": {"r1": {"blob": blob(np.full(N, 0.5)), "count": 1, "samples": 10, "weight": 1.0}},
+          "arrivals": 1, "history": [[3, blob(np.full(N, 3.0))], [4, blob(np.full(N, 4.0))]],
+          "last_aggregation": {"version": 5, "deltas": 4}, "robots": {"r1": {"accepted": 7, "last_seq": 7}},
+          "accountant": None, "config": {}, "saved_at": 1.0}
+    (d / "state.json").write_text(json.dumps(st))
+    (d / ".lock").touch()
+    cfg = FedBuffConfig(buffer_size=2, staleness_exponent=0.0)
+    agg = FedBuffAggregator(None, cfg, store_dir=str(d))
+    assert agg.version == 5 and agg.buffered == 1 and np.array_equal(agg.model, np.full(N, 5.0))
+    assert agg.counters["accepted"] == 9 and agg.snapshot()["robots"]["r1"]["last_seq"] == 7
+    assert agg.submit(np.ones(N), 5, "r1", 7).status == "duplicate"
+    assert agg.submit(np.ones(N), 5, "r2", 4).status == "duplicate"
+    r = agg.submit(np.ones(N), 5, "r2", 3)  # with the migrated r1 slot: (0.5 + 1) / 2
+    assert r.new_version == 6 and np.allclose(agg.model, 5.75)
+    store = GlobalModelStore(str(d))
+    assert store.versions() == [3, 4, 5, 6] and np.array_equal(store.load_model(3)[1], np.full(N, 3.0))
+    assert {n for n in os.listdir(d) if not n.startswith("store.db")} == {"state.json.migrated"}  # blobs/ gone
+    agg2 = FedBuffAggregator(None, cfg, store_dir=str(d))
+    assert agg2.version == 6 and np.allclose(agg2.model, 5.75) and agg2.is_seen("r2", 3)
+
+
 def test_central_dp_noise_accounting_and_budget(tmp_path):
     cfg = FedBuffConfig(buffer_size=4, clip_norm=1.0, dp_noise_multiplier=1.0, dp_max_epsilon=12.0, seed=3)
     agg = FedBuffAggregator(np.zeros(10_000), cfg, store_dir=str(tmp_path))
@@ -378,3 +421,62 @@ def test_egress_check_accepts_deltas_and_flags_images_embeddings():
     with pytest.raises(AssertionError):
         check_egress([bad["image"]]).raise_if_failed()
     assert decode(good[0]).shape == (5000,)
+
+
+PUBLISH_KILLER = r"""
+import os, signal, sys
+import numpy as np
+from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
+agg = FedBuffAggregator(None, FedBuffConfig(buffer_size=2, staleness_exponent=0.0), store_dir=sys.argv[1])
+ran = []
+def before_statement(sql):
+    ran.append(sql)
+    if len(ran) > int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+agg.store.db.conn().set_trace_callback(before_statement)
+agg.submit(np.full(int(sys.argv[3]), 3.0, np.float32), 0, "r2", 1)  # completes the buffer: version 1
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_while_publishing_a_version_leaves_the_old_or_the_new_one(tmp_path):
+    """Publishing a version is one store transaction (new model, history, buffer cleared, de-dup ranges,
+    counters): the aggregator is SIGKILLed before each of its statements in turn; the reopened store is
+    exactly the checkpoint before or exactly the one after."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg = FedBuffConfig(buffer_size=2, staleness_exponent=0.0)
+
+    def buffered_one(d):
+        agg = FedBuffAggregator(np.zeros(N, np.float32), cfg, store_dir=d)
+        assert agg.submit(np.full(N, 1.0, np.float32), 0, "r1", 1).accepted and agg.buffered == 1
+        return agg
+
+    agg = buffered_one(str(tmp_path / "dry"))
+    ran: list[str] = []
+    agg.store.db.conn().set_trace_callback(ran.append)
+    assert agg.submit(np.full(N, 3.0, np.float32), 0, "r2", 1).new_version == 1
+    agg.store.db.conn().set_trace_callback(None)
+    assert ran[0] == "BEGIN IMMEDIATE" and ran[-1] == "COMMIT", ran
+    after = []
+    for k in range(len(ran) + 1):
+        d = str(tmp_path / f"k{k}")
+        del agg
+        agg = buffered_one(d)
+        proc = subprocess.run([sys.executable, "-c", PUBLISH_KILLER, d, str(k), str(N)], capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+        agg = FedBuffAggregator(None, cfg, store_dir=d)
+        store = GlobalModelStore(d)
+        after.append(agg.version == 1)
+        if agg.version == 1:
+            assert agg.buffered == 0 and agg.is_seen("r2", 1) and np.allclose(agg.model, 2.0)
+            assert store.versions() == [0, 1] and agg.counters["aggregations"] == 1
+            assert store.load_state()["slots"] == {}
+        else:
+            assert agg.version == 0 and agg.buffered == 1 and not agg.is_seen("r2", 1) and not agg.model.any()
+            assert store.versions() == [0] and agg.counters.get("aggregations", 0) == 0
+            assert agg.submit(np.full(N, 3.0, np.float32), 0, "r2", 1).new_version == 1  # the resend lands
+    print(f"\nPUBLISH KILL: {len(ran)} statements; version 1 after kill at k: {after}")
+    assert after[0] is False and after[-1] is True and after == sorted(after)

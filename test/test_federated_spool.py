@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import signal
+import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -48,6 +52,16 @@ def test_append_pending_read_ack_roundtrip(tmp_path):
     # ack of unknown keys is harmless and still blocks those sequences from being re-appended
     assert sp.ack([("r1", 99)]) == 0
     assert not sp.append("r1", 99, payload(99), base_version=0)
+
+
+def test_non_finite_metadata_round_trips(tmp_path):
+    """A NaN delta is spooled like any other (the aggregator rejects it as ``nonfinite``): SQLite keeps a
+    NaN REAL as NULL, the entry still reads back with NaN, and merges/acks work on it."""
+    sp = Spool(str(tmp_path))
+    assert sp.append("r1", 1, encode(np.full(8, np.nan, np.float32)), base_version=0, local_loss=float("nan"))
+    (e,) = sp.pending()
+    assert np.isnan(e.l2_norm) and np.isnan(e.local_loss) and np.isnan(decode(sp.read(e))).all()
+    assert sp.ack([e.key]) == 1 and sp.is_acked("r1", 1)
 
 
 def test_deduplicated_by_robot_and_sequence(tmp_path):
@@ -153,21 +167,24 @@ def test_corrupt_entry_is_quarantined_not_read(tmp_path):
     for s in (1, 2, 3):
         sp.append("r1", s, payload(s), base_version=0)
     es = sp.pending()
+    db = sqlite3.connect(os.path.join(str(tmp_path), "spool.db"))
 
-    def flip(path, offset):  # bit rot
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            b = f.read(1)
-            f.seek(offset)
-            f.write(bytes([b[0] ^ 0xFF]))
+    def rot(e, edit):  # the stored payload changes behind the spool's back
+        (p,) = db.execute("SELECT payload FROM entries WHERE robot_id = ? AND seq = ?", e.key).fetchone()
+        with db:
+            db.execute("UPDATE entries SET payload = ? WHERE robot_id = ? AND seq = ?", (edit(bytearray(p)), *e.key))
 
-    flip(es[0].path, os.path.getsize(es[0].path) - 100)  # inside the payload
+    def flip(b, offset):  # bit rot
+        b[offset] ^= 0xFF
+        return bytes(b)
+
+    rot(es[0], lambda b: flip(b, len(b) - 100))  # inside the payload
     with pytest.raises(SpoolError):
         sp.read(es[0])  # never handed out
-    flip(es[1].path, 1)  # inside the magic: caught by the cheap listing scan
+    rot(es[1], lambda b: bytes(b[:-1]))  # a short payload: caught by the cheap listing scan
     assert [e.seq for e in sp.pending()] == [3]
     assert sp.stats()["corrupt"] == 2
-    assert len(os.listdir(os.path.join(str(tmp_path), "quarantine"))) == 2
+    assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 2
     assert sp.verify() == 1
 
 
@@ -180,7 +197,7 @@ def test_inbox_keeps_newest_versions(tmp_path):
     assert not inbox.put(2, encode(np.zeros(3, np.float32)))  # not newer
     v, p, meta = inbox.latest()
     assert v == 4 and np.all(decode(p) == 4) and meta["version"] == 4 and len(meta["sha256"]) == 64
-    assert len(os.listdir(inbox.dir)) - 1 == 3  # keep=3 (+ the .lock file)
+    assert inbox.versions() == [2, 3, 4]  # keep=3
     assert inbox.put(1, encode(np.zeros(3, np.float32)), model_id="encoder")
     assert inbox.latest_version("encoder") == 1 and inbox.latest_version() == 4
 
@@ -235,6 +252,280 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_append(tmp_path, trial, max
             covered[s] = covered.get(s, 0) + 1
     for s in acked:
         assert covered.get(s) == 1, f"acknowledged append {s} missing or duplicated"
-    assert not [n for n in os.listdir(os.path.join(d, "deltas")) if n.startswith(".tmp-")]
+    assert sqlite3.connect(os.path.join(d, "spool.db")).execute("PRAGMA integrity_check").fetchone() == ("ok",)
     if max_bytes < (1 << 30):
         assert sp.bytes_used() <= max_bytes
+
+
+ACK_KILLER = r"""
+import os, signal, sys
+from sakura_nexus.federated.protocol import parse_ack
+from sakura_nexus.federated.spool import Spool
+d, k, acks = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+sp = Spool(d)
+ran = []
+def before_statement(sql):
+    ran.append(sql)
+    if len(ran) > k:
+        os.kill(os.getpid(), signal.SIGKILL)  # before the ack's statement number k + 1 runs
+sp.db.conn().set_trace_callback(before_statement)
+sp.ack([parse_ack(a) for a in acks])
+os.kill(os.getpid(), signal.SIGKILL)  # k past its last statement: killed after ack() returned
+"""
+
+
+def _exchange_until_drained(sp, agg, acks):
+    """The ClientApp (``handle_sync``) against a real aggregator, acking what it processed, until empty."""
+    from sakura_nexus.federated.flower_app import handle_sync
+    from sakura_nexus.federated.protocol import SyncRequest, format_ack
+
+    for _ in range(20):
+        reply = handle_sync(SyncRequest(global_version=agg.version, acks=acks, max_batch=2), sp, "r1")
+        acks = []
+        for d in reply.deltas:
+            r = agg.submit_payload(d.payload, d.base_version, "r1", d.seq, seq_first=d.seq_first)
+            assert r.status in ("accepted", "duplicate"), r
+            acks.append(format_ack("r1", d.seq_first, d.seq))
+        if not reply.deltas and not acks:
+            return
+    raise AssertionError("spool did not drain")
+
+
+def test_sigkill_inside_an_ack_loses_nothing_and_delivers_nothing_twice(tmp_path):
+    """An ack is one transaction: the acknowledged entries are deleted and their ranges enter the de-dup
+    table (``acked``) together, with the ``acked`` counter. The robot process is SIGKILLed before each SQL
+    statement of the ack in turn — among them the split the file spool had, entries deleted but their
+    de-dup ranges not yet written — and once after ack() returned. Reopened, the spool holds the ack
+    entirely or not at all; the next exchanges against a real FedBuffAggregator drain it with every delta
+    applied exactly once (an ack that died is re-sent, refused as a duplicate by the aggregator, re-acked)."""
+    from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
+    from sakura_nexus.federated.flower_app import handle_sync
+    from sakura_nexus.federated.protocol import SyncRequest, format_ack
+
+    n = 64
+
+    def in_flight(d):  # three deltas sent and applied by the aggregator; their ack is on its way back
+        sp = Spool(d)
+        for s in (1, 2, 3):
+            sp.append("r1", s, payload(s, n), base_version=0, sample_count=1)
+        agg = FedBuffAggregator(np.zeros(n, np.float32), FedBuffConfig(buffer_size=2))
+        reply = handle_sync(SyncRequest(global_version=0), sp, "r1")
+        assert [d.seq for d in reply.deltas] == [1, 2, 3] and sp.stats()["sent_pending"] == 3
+        for d in reply.deltas:
+            assert agg.submit_payload(d.payload, d.base_version, "r1", d.seq).accepted
+        return sp, agg, [format_ack("r1", d.seq_first, d.seq) for d in reply.deltas]
+
+    sp, _, acks = in_flight(str(tmp_path / "dry"))  # how many statements the ack runs
+    ran: list[str] = []
+    sp.db.conn().set_trace_callback(ran.append)
+    sp.ack([("r1", s) for s in (1, 2, 3)])
+    sp.db.conn().set_trace_callback(None)
+    assert ran[0] == "BEGIN IMMEDIATE" and "COMMIT" in ran and len(ran) >= 8, ran
+    outcomes = []
+    for k in range(len(ran) + 1):
+        d = str(tmp_path / f"k{k}")
+        sp, agg, acks = in_flight(d)
+        del sp
+        proc = subprocess.run([sys.executable, "-c", ACK_KILLER, d, str(k), ",".join(acks)], capture_output=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+        sp = Spool(d)
+        st = sp.stats()
+        done = [sp.is_acked("r1", s) for s in (1, 2, 3)]
+        if any(done):  # committed: all of it
+            assert all(done) and st["pending"] == 0 and st["acked"] == 3, (k, st)
+        else:  # rolled back: all of it, still marked in flight
+            assert st["pending"] == 3 and st["sent_pending"] == 3 and st.get("acked", 0) == 0, (k, st)
+        outcomes.append(all(done))
+        assert sqlite3.connect(os.path.join(d, "spool.db")).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        sp.append("r1", 4, payload(4, n), base_version=0, sample_count=1)  # the robot goes on learning
+        # the aggregator never got this ack (the robot died): it re-acks these ranges in the next exchange
+        # only if they come back, so the next request carries no acks
+        _exchange_until_drained(sp, agg, [])
+        assert agg.counters["accepted_deltas"] == 4 and agg.counters.get("duplicates", 0) == (0 if all(done) else 3)
+        assert agg._s.seen.to_json() == {"r1": [[1, 4]]}
+        assert sp.pending() == [] and all(sp.is_acked("r1", s) for s in (1, 2, 3, 4))
+        assert not any(sp.append("r1", s, payload(s, n), base_version=0) for s in (1, 2, 3, 4))
+    print(f"\nACK KILL: {len(ran)} statements {ran}; acked after kill at k: {outcomes}")
+    assert outcomes[0] is False and outcomes[-1] is True  # both sides of the commit were hit
+    assert outcomes == sorted(outcomes)  # never acked before the commit, always after it
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path):
+    """The warm ClientApp server forks one child per exchange: a Spool object inherited across fork must
+    not reuse (or close) the parent's SQLite connection; both processes keep working on the same file."""
+    sp = Spool(str(tmp_path))
+    sp.append("r1", 1, payload(1), base_version=0)
+    parent_conn = sp.db.conn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = sp.db.conn() is not parent_conn and sp.ack([("r1", 1)]) == 1 \
+                and sp.append("r1", 2, payload(2), base_version=0) and sp.inbox.put(1, payload(1))
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    assert sp.db.conn() is parent_conn
+    assert [e.seq for e in sp.pending()] == [2] and sp.is_acked("r1", 1) and sp.inbox.latest_version() == 1
+    assert sp.append("r1", 3, payload(3), base_version=0) and sp.stats()["appended"] == 3
+    assert sqlite3.connect(os.path.join(str(tmp_path), "spool.db")).execute("PRAGMA integrity_check").fetchone() \
+        == ("ok",)
+
+
+def _legacy_file(meta: dict, data: bytes) -> bytes:
+    """An entry / inbox file exactly as the file-based spool wrote it (frozen copy of its format)."""
+    m = json.dumps(meta, sort_keys=True).encode()
+    body = m + data
+    return struct.pack("<4sIQ", b"SKSP", len(m), len(data)) + body + hashlib.sha256(body).digest()
+
+
+def _write_file_spool(d) -> dict:
+    """A spool directory of the file-based format: entries (one merged, one stale crash leftover of a merge,
+    one corrupt, a temp file), quarantine, inbox, state.json, locks, and the uplink's own state."""
+    for sub in ("deltas", "inbox", "quarantine", "uplink"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    payloads = {}
+
+    def entry(seq, first=None, t=0.0):
+        first = first or seq
+        x = sum(vec(s) for s in range(first, seq + 1))
+        p = payloads[seq] = encode(x)
+        meta = dict(robot_id="r1", seq=seq, seq_first=first, base_version=2, codec="dense",
+                    sample_count=10 * (seq - first + 1), local_loss=0.5, l2_norm=float(np.linalg.norm(x)),
+                    model_id="world_model", created_at=1000.0 + t, payload_len=len(p), merged=seq - first + 1)
+        (d / "deltas" / f"r1__{seq:020d}.delta").write_bytes(_legacy_file(meta, p))
+
+    entry(3, t=3)
+    entry(4, t=4)
+    entry(7, first=5, t=5)  # a merged entry covering 5..7
+    entry(6, t=6)  # left inside the merged range by a crash between the merged write and the delete
+    (d / "deltas" / f"r1__{9:020d}.delta").write_bytes(b"SKSP" + bytes(60))  # corrupt
+    (d / "deltas" / ".tmp-0123").write_bytes(b"partial")
+    (d / "quarantine" / f"r1__{8:020d}.delta").write_bytes(b"rotten")
+    for v in (3, 4):
+        mp = encode(np.full(3, v, np.float32))
+        meta = {"version": v, "model_id": "world_model", "received_at": 5.0,
+                "sha256": hashlib.sha256(mp).hexdigest(), "key_id": "k1", "signature": "ab" * 32}
+        (d / "inbox" / f"world_model__v{v:010d}.model").write_bytes(_legacy_file(meta, mp))
+    state = {"counters": {"appended": 9, "acked": 2, "duplicates": 1, "merged": 2, "syncs": 4, "corrupt": 1},
+             "acked": {"r1": [[1, 2]]}, "sent": {"r1": [[4, 4]]}, "last_seq": {"r1": 9},
+             "last_sync": {"time": 123.0, "global_version": 3}}
+    (d / "state.json").write_text(json.dumps(state))
+    for lock in (d / ".lock", d / "inbox" / ".lock"):
+        lock.touch()
+    (d / "uplink" / "state.0.npz").write_bytes(b"uplink state")
+    return payloads
+
+
+def _check_migrated(d, payloads):
+    sp = Spool(str(d))
+    es = sp.pending()
+    assert [(e.seq_first, e.seq, e.merged) for e in es] == [(3, 3, 1), (4, 4, 1), (5, 7, 3)]
+    assert [sp.read(e) for e in es] == [payloads[3], payloads[4], payloads[7]]
+    assert es[2].sample_count == 30 and es[0].base_version == 2 and es[0].created_at == 1003.0
+    st = sp.stats()
+    assert (st["appended"], st["acked"], st["duplicates"], st["merged"], st["syncs"]) == (9, 2, 1, 2, 4)
+    assert st["corrupt"] == 2 and st["pending"] == 3 and st["sent_pending"] == 1
+    assert [e.seq for e in sp.pending(unsent_only=True)] == [3, 7]
+    assert sp.is_acked("r1", 1) and sp.is_acked("r1", 2) and not sp.is_acked("r1", 3)
+    assert sp.next_sequence("r1") == 10
+    assert sp.last_sync() == {"time": 123.0, "global_version": 3}
+    v, mp, meta = sp.inbox.latest()
+    assert v == 4 and np.all(decode(mp) == 4) and meta["key_id"] == "k1" and sp.inbox.versions() == [3, 4]
+    db = sqlite3.connect(os.path.join(str(d), "spool.db"))
+    assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 2  # the corrupt entry, the old one
+    # the old files are removed only now; state.json stays for reference; the uplink's own files untouched
+    assert {n for n in os.listdir(d) if not n.startswith("spool.db")} == {"state.json.migrated", "uplink"}
+    assert (d / "uplink" / "state.0.npz").read_bytes() == b"uplink state"
+    return sp
+
+
+def test_file_format_spool_migrates_on_first_open(tmp_path):
+    d = tmp_path / "spool"
+    payloads = _write_file_spool(d)
+    sp = _check_migrated(d, payloads)
+    for s in (1, 2, 3, 5, 6, 7):  # acknowledged, pending or inside the merged range: the de-dup carried over
+        assert not sp.append("r1", s, payload(s), base_version=0)
+    assert sp.append("r1", 10, payload(10), base_version=0) and sp.ack([("r1", 3), ("r1", 4)]) == 2
+    # a crash after the import's commit but before the files were removed: the next open imports nothing
+    # twice, it only finishes the clean-up
+    before = Spool(str(d)).stats()
+    _write_file_spool(d)
+    sp = Spool(str(d))
+    assert sp.stats() == before and [e.seq for e in sp.pending()] == [7, 10]
+    assert {n for n in os.listdir(d) if not n.startswith("spool.db")} == {"state.json.migrated", "uplink"}
+
+
+MIGRATION_KILLER = r"""
+import os, signal, sys
+import sakura_nexus.federated.durable as durable
+from sakura_nexus.federated.spool import Spool
+opened = durable.Database._open
+inserts = []
+def before_statement(sql):
+    inserts.extend(sql.split()[:1] if sql.startswith("INSERT") else [])
+    if len(inserts) >= int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # in the middle of the import's transaction
+def _open(self):
+    c = opened(self)
+    c.set_trace_callback(before_statement)
+    return c
+durable.Database._open = _open
+Spool(sys.argv[1])
+"""
+
+
+def test_sigkill_during_the_migration_leaves_the_old_spool_intact(tmp_path):
+    d = tmp_path / "spool"
+    payloads = _write_file_spool(d)
+    files = sorted(p.relative_to(d) for p in d.rglob("*"))
+    proc = subprocess.run([sys.executable, "-c", MIGRATION_KILLER, str(d), "4"], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    # nothing committed, no old file touched; the next open migrates everything
+    assert sorted(p.relative_to(d) for p in d.rglob("*") if not p.name.startswith("spool.db")) == files
+    db = sqlite3.connect(os.path.join(str(d), "spool.db"))
+    assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0
+    db.close()
+    _check_migrated(d, payloads)
+
+
+ACKER = r"""
+import os, sys, time
+from sakura_nexus.federated.spool import Spool
+d = sys.argv[1]
+sp = Spool(d)
+acked = 0
+while True:
+    done = os.path.exists(os.path.join(d, "DONE"))
+    batch = sp.pending("r1")[:3]
+    for e in batch:
+        sp.read(e)
+    sp.mark_sent(batch)
+    acked += sp.ack([e.key for e in batch])
+    sp.record_sync(1, 0, 0)
+    if done and not batch:
+        break
+print(acked)
+"""
+
+
+def test_two_processes_append_and_ack_concurrently(tmp_path):
+    """The ROS node appends while a ClientApp process reads, marks and acks: SQLite's locking (busy
+    timeout, no flock) serialises them; every append is acknowledged exactly once."""
+    d = str(tmp_path)
+    sp = Spool(d)
+    child = subprocess.Popen([sys.executable, "-c", ACKER, d], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    for s in range(1, 61):
+        assert sp.append("r1", s, payload(s, 256), base_version=0)
+    open(os.path.join(d, "DONE"), "w").close()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err[-2000:]
+    st = sp.stats()
+    assert int(out) == 60 == st["acked"] == st["appended"] and st["pending"] == 0
+    assert all(sp.is_acked("r1", s) for s in range(1, 61)) and st["syncs"] > 0

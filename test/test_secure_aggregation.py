@@ -4,7 +4,6 @@ secure FAB. The protocol itself runs in test_secure_aggregation_ros.py."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -57,7 +56,7 @@ def test_group_mean_is_applied_once_and_nothing_per_robot_is_stored(tmp_path):
     assert agg.apply_secure_mean(np.zeros(5, np.float32), [("r1", [(3, 3)])]) is None
     assert agg.counters["secure_refused"] == 3
     # the store: the models and the metadata, no per-robot slot
-    st = json.load(open(os.path.join(store, "state.json")))
+    st = GlobalModelStore(store).load_state()  # the state document with the slots table
     assert st["slots"] == {} and st["version"] == 2
     assert GlobalModelStore(store).load_model(2)[1].tolist() == m.tolist()
     # restart: resumes the version and the de-dup table

@@ -1,5 +1,5 @@
 """FedBuff-style buffered asynchronous aggregation with staleness weighting, robust aggregation,
-central DP, validation, persisted de-duplication and a versioned on-disk model store.
+central DP, validation, persisted de-duplication and a versioned model store (SQLite).
 
 The same :class:`FedBuffAggregator` is used by the Flower ServerApp (``flower_app.py``) and directly by
 an in-process fleet simulation::
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .codecs import CodecError, decode_verified, encode, get_codec, parse_header
-from .durable import SeqRanges, atomic_write, atomic_write_json, check_robot_id, clean_temp_files, dir_lock
+from .durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
 from .privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
 
 __all__ = [
@@ -142,78 +142,15 @@ def trimmed_mean(rows: np.ndarray, trim_ratio: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- store
 
-
-def _npy_bytes(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(x, np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-class GlobalModelStore:
-    """Checkpoint directory: content-addressed array blobs + one atomically replaced ``state.json``.
-
-    A checkpoint is consistent by construction: blobs are written (and fsync'd) before the state that
-    references them, and unreferenced blobs are garbage-collected afterwards.
-    """
-
-    def __init__(self, directory: str, *, fsync: bool = True):
-        self.dir = os.path.abspath(directory)
-        self.blob_dir = os.path.join(self.dir, "blobs")
-        self.fsync = fsync
-        os.makedirs(self.blob_dir, exist_ok=True)
-        clean_temp_files(self.blob_dir)
-        clean_temp_files(self.dir)
-
-    @property
-    def state_path(self) -> str:
-        return os.path.join(self.dir, "state.json")
-
-    def exists(self) -> bool:
-        return os.path.exists(self.state_path)
-
-    def put_array(self, x: np.ndarray) -> str:
-        data = _npy_bytes(x)
-        name = hashlib.sha256(data).hexdigest()[:32] + ".npy"
-        path = os.path.join(self.blob_dir, name)
-        if not os.path.exists(path):
-            atomic_write(path, data, fsync=self.fsync)
-        return name
-
-    def get_array(self, name: str) -> np.ndarray:
-        with open(os.path.join(self.blob_dir, name), "rb") as f:
-            data = f.read()
-        if hashlib.sha256(data).hexdigest()[:32] + ".npy" != name:
-            raise OSError(f"blob {name} is corrupt")
-        return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
-
-    def load_state(self) -> dict | None:
-        try:
-            with open(self.state_path, "rb") as f:
-                return json.loads(f.read().decode())
-        except FileNotFoundError:
-            return None
-
-    def save_state(self, state: dict, referenced: set[str]) -> None:
-        atomic_write_json(self.state_path, state, fsync=self.fsync)
-        for name in os.listdir(self.blob_dir):
-            if name.endswith(".npy") and name not in referenced:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.blob_dir, name))
-
-    def load_model(self, version: int | None = None) -> tuple[int, np.ndarray]:
-        """(version, weights) of the current (or a kept older) global model."""
-        st = self.load_state()
-        if st is None:
-            raise FileNotFoundError(f"no checkpoint in {self.dir}")
-        if version is None or version == st["version"]:
-            return st["version"], self.get_array(st["model"])
-        for v, name in st.get("history", []):
-            if v == version:
-                return v, self.get_array(name)
-        raise KeyError(f"version {version} not kept")
-
-
-# --------------------------------------------------------------------------- aggregator
+STORE_DB = "store.db"
+_STORE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS models (version INTEGER PRIMARY KEY, sha256 BLOB NOT NULL, data BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS slots (robot_id TEXT PRIMARY KEY, count INTEGER NOT NULL,
+         samples INTEGER NOT NULL, weight REAL NOT NULL, sha256 BLOB NOT NULL, data BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS seen (robot_id TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+         PRIMARY KEY (robot_id, first))""",
+)
 
 
 @dataclass
@@ -222,6 +159,156 @@ class _Slot:
     count: int = 0
     samples: int = 0
     weight: float = 0.0
+    dirty: bool = True  # changed since it was last saved
+
+
+def _f32(x: np.ndarray) -> bytes:
+    return np.ascontiguousarray(x, "<f4").tobytes()
+
+
+def _array(data: bytes, digest: bytes, what: str) -> np.ndarray:
+    data = bytes(data)
+    if hashlib.sha256(data).digest() != bytes(digest):
+        raise OSError(f"{what} is corrupt")
+    return np.frombuffer(data, "<f4").astype(np.float32)
+
+
+class GlobalModelStore:
+    """The aggregator's checkpoint: one SQLite database ``<dir>/store.db`` (:class:`~.durable.Database`).
+
+    ``state`` holds one JSON document (version, counters, buffered arrivals, robots, last aggregation,
+    privacy ledger, config, the kept history), ``models`` the weights of the current version and the
+    ``keep_versions`` before it, ``slots`` each robot's buffered weighted delta sum, ``seen`` the
+    de-duplication ranges ``(robot_id, first, last)``; arrays are float32 with a sha256 checked on read.
+    :meth:`save` writes all of it in one transaction, so publishing a version (new model, history pruned,
+    buffer cleared, de-dup ranges, counters) is atomic. A store of the file-based format (``state.json``
+    + ``blobs/*.npy``) is imported on first open (:meth:`_migrate_files`).
+    """
+
+    def __init__(self, directory: str, *, fsync: bool = True):
+        self.dir = os.path.abspath(directory)
+        self.fsync = fsync
+        os.makedirs(self.dir, exist_ok=True)
+        self.db = Database(os.path.join(self.dir, STORE_DB), _STORE_SCHEMA, fsync=fsync)
+        self._migrate_files()
+
+    def exists(self) -> bool:
+        with self.db.read() as c:
+            return c.execute("SELECT 1 FROM state").fetchone() is not None
+
+    def load_state(self) -> dict | None:
+        """The checkpoint's document, with ``seen`` (robot -> ranges) and ``slots`` (robot -> count, samples,
+        weight) added; None for an empty store."""
+        with self.db.read() as c:
+            row = c.execute("SELECT doc FROM state").fetchone()
+            if row is None:
+                return None
+            st = json.loads(row[0])
+            st["seen"] = load_ranges(c, "seen").to_json()
+            st["slots"] = {r: {"count": n, "samples": k, "weight": w}
+                           for r, n, k, w in c.execute("SELECT robot_id, count, samples, weight FROM slots")}
+        return st
+
+    def load_checkpoint(self) -> tuple[dict, np.ndarray, dict[str, _Slot]] | None:
+        """(document as :meth:`load_state`, current model, buffered slots) from one snapshot, or None."""
+        with self.db.read() as c:
+            st = self.load_state()
+            if st is None:
+                return None
+            _, model = self.load_model(int(st["version"]))
+            rows = c.execute("SELECT robot_id, count, samples, weight, sha256, data FROM slots").fetchall()
+        slots = {r: _Slot(_array(d, h, f"slot {r}"), int(n), int(k), float(w), dirty=False)
+                 for r, n, k, w, h, d in rows}
+        return st, model, slots
+
+    def versions(self) -> list[int]:
+        """The versions whose weights are kept (the current one last)."""
+        with self.db.read() as c:
+            return [int(v) for (v,) in c.execute("SELECT version FROM models ORDER BY version")]
+
+    def load_model(self, version: int | None = None) -> tuple[int, np.ndarray]:
+        """(version, weights) of the current (or a kept older) global model."""
+        with self.db.read() as c:
+            row = c.execute("SELECT doc FROM state").fetchone()
+            if row is None:
+                raise FileNotFoundError(f"no checkpoint in {self.dir}")
+            v = int(json.loads(row[0])["version"]) if version is None else int(version)
+            m = c.execute("SELECT sha256, data FROM models WHERE version = ?", (v,)).fetchone()
+        if m is None:
+            raise KeyError(f"version {version} not kept")
+        return v, _array(m[1], m[0], f"model version {v}")
+
+    def save(self, state: dict, model: np.ndarray, slots: dict[str, _Slot], seen: SeqRanges,
+             history: list[int]) -> None:
+        """One transaction: the document, the model of ``state["version"]`` (if new), the kept versions
+        pruned to ``history`` + current, the changed slots (others removed), the de-dup ranges."""
+        version = int(state["version"])
+        with self.db.write() as c:
+            if c.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone() is None:
+                data = _f32(model)
+                c.execute("INSERT INTO models (version, sha256, data) VALUES (?, ?, ?)",
+                          (version, hashlib.sha256(data).digest(), data))
+            keep = sorted({int(v) for v in history} | {version})
+            c.execute(f"DELETE FROM models WHERE version NOT IN ({', '.join('?' * len(keep))})", keep)
+            robots = sorted(slots)
+            c.execute(f"DELETE FROM slots WHERE robot_id NOT IN ({', '.join('?' * len(robots))})", robots)
+            for r in robots:
+                sl = slots[r]
+                if sl.dirty:
+                    data = _f32(sl.total)
+                    c.execute("INSERT OR REPLACE INTO slots (robot_id, count, samples, weight, sha256, data) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", (r, sl.count, sl.samples, sl.weight,
+                                                            hashlib.sha256(data).digest(), data))
+            store_ranges(c, "seen", seen)
+            c.execute("INSERT OR REPLACE INTO state (id, doc) VALUES (1, ?)", (json.dumps(state, sort_keys=True),))
+        for sl in slots.values():
+            sl.dirty = False
+
+    def _migrate_files(self) -> None:
+        """Import ``state.json`` + ``blobs/`` of the file-based store (one transaction, skipped when the
+        database already holds a checkpoint); ``state.json`` is renamed ``state.json.migrated`` and the
+        blobs removed only after the commit."""
+        path = os.path.join(self.dir, "state.json")
+        if not os.path.exists(path):
+            return
+        blob_dir = os.path.join(self.dir, "blobs")
+
+        def blob(name: str) -> np.ndarray:
+            with open(os.path.join(blob_dir, name), "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest()[:32] + ".npy" != name:
+                raise OSError(f"blob {name} is corrupt")
+            return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32).ravel()
+
+        with self.db.write() as c:
+            if c.execute("SELECT 1 FROM state").fetchone() is None:
+                with open(path, "rb") as f:
+                    st = json.loads(f.read().decode())
+                models = {int(st["version"]): blob(st["model"])}
+                models.update({int(v): blob(name) for v, name in st.get("history", [])})
+                slots = {r: _Slot(blob(sd["blob"]), int(sd["count"]), int(sd["samples"]), float(sd["weight"]))
+                         for r, sd in st.get("slots", {}).items()}
+                history = [int(v) for v, _ in st.get("history", [])]
+                for v, m in models.items():
+                    data = _f32(m)
+                    c.execute("INSERT INTO models (version, sha256, data) VALUES (?, ?, ?)",
+                              (v, hashlib.sha256(data).digest(), data))
+                doc = {k: v for k, v in st.items() if k not in ("model", "slots", "seen")}
+                doc.update(format=2, history=history, migrated_at=time.time())
+                self.save(doc, models[int(st["version"])], slots, SeqRanges(st.get("seen", {})), history)
+        os.replace(path, path + ".migrated")
+        for name in os.listdir(blob_dir) if os.path.isdir(blob_dir) else []:
+            if name.endswith(".npy") or name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(blob_dir, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(blob_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, ".lock"))
+        clean_temp_files(self.dir)
+
+
+# --------------------------------------------------------------------------- aggregator
 
 
 @dataclass
@@ -232,7 +319,7 @@ class _State:
     counters: dict = field(default_factory=dict)
     slots: dict = field(default_factory=dict)  # robot -> _Slot
     arrivals: int = 0
-    history: list = field(default_factory=list)  # [(version, blob)] of older models
+    history: list = field(default_factory=list)  # versions of the older models kept in the store
     last_aggregation: dict = field(default_factory=dict)
     robots: dict = field(default_factory=dict)  # robot -> {"last_seq", "last_seen", "accepted"}
 
@@ -248,9 +335,13 @@ class FedBuffAggregator:
         self._payload_cache: dict[tuple[int, str], bytes] = {}
         self._rng = np.random.default_rng(self.config.seed)
         accountant_state = None
-        st = self.store.load_state() if self.store else None
-        if st is not None:
-            self._s = self._restore(st)
+        ck = self.store.load_checkpoint() if self.store else None
+        if ck is not None:
+            st, model, slots = ck
+            self._s = _State(version=int(st["version"]), model=model, seen=SeqRanges(st.get("seen", {})),
+                             counters=dict(st.get("counters", {})), slots=slots,
+                             arrivals=int(st.get("arrivals", 0)), history=[int(v) for v in st.get("history", [])],
+                             last_aggregation=dict(st.get("last_aggregation", {})), robots=dict(st.get("robots", {})))
             accountant_state = st.get("accountant")
             if initial_model is not None and np.asarray(initial_model).size != self._s.model.size:
                 raise ValueError(f"checkpoint model has {self._s.model.size} parameters, "
@@ -276,42 +367,24 @@ class FedBuffAggregator:
         elif accountant_state and accountant_state.get("ledger"):
             # DP was on before the restart: keep reporting what was spent
             self._spent = RDPAccountant.from_state_dict(accountant_state)
-        if self.store is not None and st is None:
+        if self.store is not None and ck is None:
             self._persist()
 
     # ------------------------------------------------------------------ persistence
 
-    def _restore(self, st: dict) -> _State:
-        s = _State(version=int(st["version"]), model=self.store.get_array(st["model"]),
-                   seen=SeqRanges(st.get("seen", {})), counters=dict(st.get("counters", {})),
-                   arrivals=int(st.get("arrivals", 0)), history=[tuple(x) for x in st.get("history", [])],
-                   last_aggregation=dict(st.get("last_aggregation", {})), robots=dict(st.get("robots", {})))
-        for robot, sd in st.get("slots", {}).items():
-            s.slots[robot] = _Slot(total=self.store.get_array(sd["blob"]), count=int(sd["count"]),
-                                   samples=int(sd["samples"]), weight=float(sd["weight"]))
-        return s
-
     def _persist(self) -> None:
+        """Save the whole state in one store transaction (after every submission and aggregation)."""
         if self.store is None:
             return
         s = self._s
-        model_blob = self.store.put_array(s.model)
-        slots = {}
-        for robot, sl in s.slots.items():
-            slots[robot] = {"blob": self.store.put_array(sl.total), "count": sl.count, "samples": sl.samples,
-                            "weight": sl.weight}
         acc = self.dp.accountant.state_dict() if self.dp else (
             self._spent.state_dict() if getattr(self, "_spent", None) else None)
-        state = {
-            "format": 1, "version": s.version, "model": model_blob, "size": int(s.model.size),
-            "seen": s.seen.to_json(), "counters": s.counters, "slots": slots, "arrivals": s.arrivals,
-            "history": [list(h) for h in s.history], "last_aggregation": s.last_aggregation,
-            "robots": s.robots, "accountant": acc, "config": _jsonable(asdict(self.config)),
-            "saved_at": time.time(),
+        doc = {
+            "format": 2, "version": s.version, "size": int(s.model.size), "counters": s.counters,
+            "arrivals": s.arrivals, "history": list(s.history), "last_aggregation": s.last_aggregation,
+            "robots": s.robots, "accountant": acc, "config": _jsonable(asdict(self.config)), "saved_at": time.time(),
         }
-        referenced = {model_blob} | {v["blob"] for v in slots.values()} | {h[1] for h in s.history}
-        with dir_lock(self.store.dir):
-            self.store.save_state(state, referenced)
+        self.store.save(doc, s.model, s.slots, s.seen, s.history)
 
     # ------------------------------------------------------------------ read-only views
 
@@ -460,6 +533,7 @@ class FedBuffAggregator:
         if slot is None:
             slot = s.slots[robot_id] = _Slot(total=np.zeros_like(s.model))
         slot.total += np.float32(w) * delta
+        slot.dirty = True
         slot.count += 1
         slot.samples += int(sample_count)
         slot.weight += w
@@ -502,8 +576,7 @@ class FedBuffAggregator:
                 return None
             new_model = (s.model + np.float32(self.config.server_lr) * u).astype(np.float32)
             if self.store is not None and self.config.keep_versions > 0:
-                s.history.append((s.version, self.store.put_array(s.model)))
-                s.history = s.history[-self.config.keep_versions:]
+                s.history = [*s.history, s.version][-self.config.keep_versions:]
             s.model = new_model
             s.version += 1
             robots = sorted({check_robot_id(r) for r, _ in contributions})
@@ -555,8 +628,7 @@ class FedBuffAggregator:
             s.arrivals = 0
             return None
         if self.store is not None and cfg.keep_versions > 0:
-            s.history.append((s.version, self.store.put_array(s.model)))
-            s.history = s.history[-cfg.keep_versions:]
+            s.history = [*s.history, s.version][-cfg.keep_versions:]
         s.model = new_model
         s.version += 1
         s.last_aggregation = {"version": s.version, "time": time.time(), "deltas": s.arrivals,

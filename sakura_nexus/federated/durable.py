@@ -1,15 +1,18 @@
-"""Small durability helpers: temp-file clean-up, directory locks and per-robot sequence-range sets (the atomic
-write itself is :mod:`sakura_nexus.atomic`, re-exported here)."""
+"""Durable state helpers: the SQLite database every store of the fleet opens (:class:`Database`: WAL journal,
+``synchronous=FULL``, SQLite's own locking between processes, explicit transactions), robot-id checks,
+per-robot sequence-range sets, temp-file clean-up (the atomic file write itself is
+:mod:`sakura_nexus.atomic`, re-exported here)."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import os
 import re
+import sqlite3
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 
 from sakura_nexus.atomic import atomic_write as atomic_write
 from sakura_nexus.atomic import atomic_write_json as atomic_write_json
@@ -37,41 +40,125 @@ def clean_temp_files(directory: str) -> int:
     return n
 
 
-_THREAD_LOCKS: dict[str, threading.RLock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
-_HELD = threading.local()
+# --------------------------------------------------------------------------- SQLite
 
 
-@contextlib.contextmanager
-def dir_lock(directory: str) -> Iterator[None]:
-    """Exclusive lock across processes (flock on ``directory/.lock``) and threads of this process.
+class StoreError(OSError):
+    """A database operation failed (locked past the busy timeout, disk full, I/O error, malformed file).
+    An ``OSError``, like the file errors of the stores it replaced, so callers' handlers still apply."""
 
-    Re-entrant within a thread (nested use does not re-flock, which would self-deadlock)."""
-    key = os.path.abspath(directory)
-    held = getattr(_HELD, "keys", None)
-    if held is None:
-        held = _HELD.keys = {}
-    if held.get(key, 0) > 0:
-        held[key] += 1
+
+class _Conn(sqlite3.Connection):
+    """A connection that knows the process that opened it (and can be weakly referenced)."""
+
+    pid: int = -1
+
+
+_LIVE: weakref.WeakSet[_Conn] = weakref.WeakSet()
+_INHERITED: list[_Conn] = []
+
+
+def _after_fork_in_child() -> None:
+    # SQLite: a connection must not be carried across fork(). The child never uses the parent's ones
+    # (Database.conn() checks the pid) and must not close them either (closing runs the WAL clean-up
+    # against locks the child does not hold): keep the objects referenced, untouched, for its lifetime.
+    _INHERITED.extend(_LIVE)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Database:
+    """One SQLite file shared by threads and processes (the ROS node and the forked ClientApps on a spool).
+
+    Each (process, thread) gets its own connection, opened on first use: a forked child opens its own and
+    never touches an inherited one. ``journal_mode=WAL`` (readers never block the writer),
+    ``synchronous=FULL`` (a committed transaction survives power loss; ``fsync=False``: ``NORMAL``, atomic
+    and consistent but the last commits may be lost on power loss), ``busy_timeout`` for the lock
+    between writers. Every multi-statement update is one :meth:`write` transaction.
+    """
+
+    BUSY_TIMEOUT_S = 30.0
+
+    def __init__(self, path: str, schema: Sequence[str], *, fsync: bool = True):
+        self.path = os.path.abspath(path)
+        self.synchronous = "FULL" if fsync else "NORMAL"
+        self._local = threading.local()
+        with self.write() as c:
+            # takes effect only before the first table exists; lets vacuum_if_sparse() shrink the file
+            c.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            for stmt in schema:
+                c.execute(stmt)
+
+    def _open(self) -> _Conn:
         try:
-            yield
-        finally:
-            held[key] -= 1
-        return
-    with _THREAD_LOCKS_GUARD:
-        tlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
-    with tlock:
-        fd = os.open(os.path.join(key, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            c = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S, isolation_level=None,
+                                check_same_thread=False, factory=_Conn)
+            c.pid = os.getpid()
+            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a file system without shared memory (network mounts)
+                raise sqlite3.OperationalError(f"cannot use WAL journal mode here (got {mode!r})")
+            c.execute(f"PRAGMA synchronous={self.synchronous}")
+            c.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL to 64 MiB after checkpoints
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+        _LIVE.add(c)
+        return c
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection in this process (opened here if needed)."""
+        c = getattr(self._local, "conn", None)
+        if c is None or c.pid != os.getpid():
+            c = self._local.conn = self._open()
+        return c
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception); nested use joins the outer one."""
+        c = self.conn()
+        if c.in_transaction:
+            yield c
+            return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held[key] = 1
+            c.execute("BEGIN IMMEDIATE")
             try:
-                yield
+                yield c
+            except BaseException:
+                if c.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several queries (a deferred transaction); nested use joins."""
+        c = self.conn()
+        if c.in_transaction:
+            yield c
+            return
+        try:
+            c.execute("BEGIN")
+            try:
+                yield c
             finally:
-                held[key] = 0
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+                c.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    def vacuum_if_sparse(self, min_free_bytes: int = 16 << 20) -> None:
+        """Give free pages back to the file system once more than ``min_free_bytes`` are free."""
+        c = self.conn()
+        try:
+            free = c.execute("PRAGMA freelist_count").fetchone()[0] * c.execute("PRAGMA page_size").fetchone()[0]
+            if free > min_free_bytes:
+                c.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+
+# --------------------------------------------------------------------------- sequence ranges
 
 
 class SeqRanges:
@@ -92,6 +179,9 @@ class SeqRanges:
 
     def robots(self) -> list[str]:
         return sorted(self._r)
+
+    def intervals(self, robot: str) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in self._r.get(robot, [])]
 
     def add(self, robot: str, first: int, last: int | None = None) -> None:
         last = first if last is None else last
@@ -131,3 +221,23 @@ class SeqRanges:
     def count(self, robot: str | None = None) -> int:
         robots = [robot] if robot is not None else list(self._r)
         return sum(b - a + 1 for r in robots for a, b in self._r.get(r, []))
+
+
+def load_ranges(c: sqlite3.Connection, table: str, robot: str | None = None) -> SeqRanges:
+    """The ``(robot_id, first, last)`` rows of ``table`` (one robot's, or all) as a :class:`SeqRanges`."""
+    q = f"SELECT robot_id, first, last FROM {table}" + (" WHERE robot_id = ?" if robot is not None else "")
+    r = SeqRanges()
+    for rid, a, b in c.execute(q, () if robot is None else (robot,)):
+        r.add(rid, a, b)
+    return r
+
+
+def store_ranges(c: sqlite3.Connection, table: str, ranges: SeqRanges, robots: Sequence[str] | None = None) -> None:
+    """Replace the rows of ``robots`` (default: every robot of ``ranges``, and no other row) in ``table``."""
+    if robots is None:
+        c.execute(f"DELETE FROM {table}")
+        robots = ranges.robots()
+    for rid in robots:
+        c.execute(f"DELETE FROM {table} WHERE robot_id = ?", (rid,))
+        c.executemany(f"INSERT INTO {table} (robot_id, first, last) VALUES (?, ?, ?)",
+                      [(rid, a, b) for a, b in ranges.intervals(rid)])

@@ -1,21 +1,27 @@
 """Durable on-robot spool of encoded model deltas, plus an inbox for global models coming back.
 
-Layout of a spool directory::
+All state of a spool directory is one SQLite database, ``<dir>/spool.db`` (:class:`~.durable.Database`:
+WAL journal, ``synchronous=FULL``; the ROS node and the forked ClientApp processes share it through
+SQLite's own locking, each process with its own connections)::
 
-    <dir>/.lock                         flock: every mutation holds it (ROS node and ClientApp may race)
-    <dir>/state.json                    counters, acknowledged ranges, sent marks (atomic replace)
-    <dir>/deltas/<robot>__<seq>.delta   one entry per (possibly merged) delta
-    <dir>/inbox/<model>__v<ver>.model   global models received from the aggregator
-    <dir>/quarantine/                   entries that failed their checksum (never expected; counted)
+    entries     one row per (possibly merged) delta: metadata, sent flag, accounted size, sha256, payload
+    acked       (robot_id, first, last): acknowledged or dropped sequence ranges, for de-duplication
+    sequences   the highest sequence ever appended per robot
+    counters    appended, duplicates, merged, dropped, dropped_samples, rejected_full, acked, corrupt, syncs, ...
+    kv          last_sync; the migration record
+    inbox       global models received from the aggregator (:class:`Inbox`, newest ``keep`` per model)
+    quarantine  entries that failed their checksum (never expected; counted as ``corrupt``)
 
-Every file is written atomically (temp file, fsync, rename, fsync of the directory), so after a crash
-or ``kill -9`` a reader sees either the complete entry or nothing; temp leftovers are removed on open.
-``append`` returns only after the entry is durable: a returned append survives power loss.
+Every method is one transaction, so each multi-step update is all-or-nothing: an append with its de-dup
+check and its full-policy merges or drops, an ack with the removal of the entries and the de-dup ranges
+that keep them from coming back, an inbox put with its pruning. After a crash or ``kill -9`` a reader sees
+the state before or after it, nothing in between. ``append`` returns only after its commit is durable:
+a returned append survives power loss (``fsync=False``: ``synchronous=NORMAL``, still atomic).
 
 Entries are de-duplicated by ``(robot_id, sequence)``: a sequence that is pending, covered by a merged
 entry, or already acknowledged is refused (counted as ``duplicates``).
 
-Full policy (``max_bytes`` exceeded by an append):
+Full policy (``max_bytes`` exceeded by an append; an entry counts its payload plus ``ENTRY_OVERHEAD``):
 
 * ``"merge"`` (default): sum the two oldest *unsent* entries of a robot into one entry covering both
   sequence ranges (base version = the older one, sample counts added, re-encoded with the newer codec)
@@ -26,6 +32,10 @@ Full policy (``max_bytes`` exceeded by an append):
 
 Entries already handed to the uplink (``mark_sent``) are never merged: the server may have applied
 them already and merging would re-send part of them under a new range. They are removed by ``ack``.
+
+A directory written by the file-based spool of earlier versions (``state.json``, ``deltas/``, ``inbox/``,
+``quarantine/``) is imported on first open, in one transaction; its files are removed (``state.json``
+renamed ``state.json.migrated``) only after that commit (:func:`migrate_file_spool`).
 """
 
 from __future__ import annotations
@@ -33,31 +43,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import sqlite3
 import struct
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from .codecs import CodecError, decode, encode, parse_header
-from .durable import (
-    SeqRanges,
-    atomic_write,
-    atomic_write_json,
-    check_robot_id,
-    clean_temp_files,
-    dir_lock,
-    fsync_dir,
-)
+from .durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
 from .privacy import l2norm
 
 POLICIES = ("merge", "drop_oldest", "reject")
-_MAGIC = b"SKSP"
-_HEAD = struct.Struct("<4sIQ")  # magic, meta_len, payload_len
+DB_NAME = "spool.db"
+ENTRY_OVERHEAD = 256  # bytes accounted per entry for its metadata, on top of the payload (against max_bytes)
 
-__all__ = ["Inbox", "POLICIES", "Spool", "SpoolEntry", "SpoolError", "SpoolFull"]
+__all__ = ["DB_NAME", "ENTRY_OVERHEAD", "Inbox", "POLICIES", "Spool", "SpoolEntry", "SpoolError", "SpoolFull",
+           "migrate_file_spool"]
 
 
 class SpoolError(RuntimeError):
@@ -84,52 +90,60 @@ class SpoolEntry:
     created_at: float = 0.0
     payload_len: int = 0
     merged: int = 1  # how many original deltas this entry sums
-    path: str = field(default="", repr=False)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.robot_id, self.seq)
 
     def meta(self) -> dict:
-        d = asdict(self)
-        d.pop("path")
-        return d
+        return asdict(self)
 
 
-def _pack_file(meta: dict, payload: bytes) -> bytes:
-    m = json.dumps(meta, sort_keys=True).encode()
-    body = m + payload
-    return _HEAD.pack(_MAGIC, len(m), len(payload)) + body + hashlib.sha256(body).digest()
+_META = tuple(f.name for f in fields(SpoolEntry))
+_COLS = ", ".join(_META)
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entries (
+         robot_id TEXT NOT NULL, seq INTEGER NOT NULL, seq_first INTEGER NOT NULL, base_version INTEGER NOT NULL,
+         codec TEXT NOT NULL, sample_count INTEGER NOT NULL, local_loss REAL, l2_norm REAL,  -- NULL: NaN
+         model_id TEXT NOT NULL, created_at REAL NOT NULL, payload_len INTEGER NOT NULL, merged INTEGER NOT NULL,
+         sent INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, sha256 BLOB NOT NULL,
+         payload BLOB NOT NULL,  -- last: listing the metadata never reads the payload's overflow pages
+         PRIMARY KEY (robot_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS acked (robot_id TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+         PRIMARY KEY (robot_id, first))""",
+    "CREATE TABLE IF NOT EXISTS sequences (robot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS inbox (model_id TEXT NOT NULL, version INTEGER NOT NULL, meta TEXT NOT NULL,
+         sha256 BLOB NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (model_id, version))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, robot_id TEXT, seq INTEGER,
+         reason TEXT NOT NULL, at REAL NOT NULL, meta TEXT, payload BLOB)""",
+)
 
 
-def _unpack_file(data: bytes) -> tuple[dict, bytes]:
-    if len(data) < _HEAD.size + 32:
-        raise SpoolError("entry truncated")
-    magic, mlen, plen = _HEAD.unpack_from(data, 0)
-    if magic != _MAGIC:
-        raise SpoolError("bad entry magic")
-    if len(data) != _HEAD.size + mlen + plen + 32:
-        raise SpoolError("entry length mismatch")
-    body = data[_HEAD.size:_HEAD.size + mlen + plen]
-    if hashlib.sha256(body).digest() != data[-32:]:
-        raise SpoolError("entry checksum mismatch")
-    return json.loads(body[:mlen].decode()), bytes(body[mlen:])
+def _entry(row: Sequence) -> SpoolEntry:
+    """A SpoolEntry from its ``_META`` columns (SQLite stores a NaN float as NULL: it comes back as NaN)."""
+    d: dict[str, Any] = dict(zip(_META, row, strict=False))
+    for k in ("local_loss", "l2_norm"):
+        if d[k] is None:
+            d[k] = math.nan
+    return SpoolEntry(**d)
 
 
-def _read_meta(f, size: int) -> dict:
-    head = f.read(_HEAD.size)
-    if len(head) < _HEAD.size:
-        raise SpoolError("entry truncated")
-    magic, mlen, plen = _HEAD.unpack(head)
-    if magic != _MAGIC:
-        raise SpoolError("bad entry magic")
-    if size != _HEAD.size + mlen + plen + 32:
-        raise SpoolError("entry length mismatch")
-    return json.loads(f.read(mlen).decode())
+def _bump(c: sqlite3.Connection, name: str, n: int = 1) -> None:
+    c.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+              "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, int(n)))
 
 
-def _entry_name(robot_id: str, seq: int) -> str:
-    return f"{robot_id}__{seq:020d}.delta"
+def _key(e: SpoolEntry | tuple[str, int]) -> tuple[str, int]:
+    return e.key if isinstance(e, SpoolEntry) else (e[0], int(e[1]))
+
+
+def _insert(c: sqlite3.Connection, e: SpoolEntry, payload: bytes, *, sent: bool = False) -> None:
+    c.execute(f"INSERT OR REPLACE INTO entries ({_COLS}, sent, size, sha256, payload) "
+              f"VALUES ({', '.join('?' * len(_META))}, ?, ?, ?, ?)",
+              (*(getattr(e, k) for k in _META), int(sent), len(payload) + ENTRY_OVERHEAD,
+               hashlib.sha256(payload).digest(), payload))
 
 
 class Spool:
@@ -143,143 +157,84 @@ class Spool:
         self.max_bytes = int(max_bytes)
         self.policy = policy
         self.fsync = fsync
-        self.deltas_dir = os.path.join(self.dir, "deltas")
-        self.quarantine_dir = os.path.join(self.dir, "quarantine")
-        for d in (self.dir, self.deltas_dir, self.quarantine_dir):
-            os.makedirs(d, exist_ok=True)
-        self.inbox = Inbox(os.path.join(self.dir, "inbox"), fsync=fsync)
-        with dir_lock(self.dir):
-            clean_temp_files(self.deltas_dir)
-            clean_temp_files(self.dir)
-            self._drop_superseded()
-
-    def _drop_superseded(self) -> None:
-        """Crash recovery for merge: an entry whose range is inside a merged entry's range is stale."""
-        entries = self._scan()
-        for e in entries:
-            for m in entries:
-                if m is not e and m.robot_id == e.robot_id and m.seq_first <= e.seq_first \
-                        and e.seq <= m.seq and m.seq != e.seq:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(e.path)
-                    break
-
-    # ------------------------------------------------------------------ state
-
-    def _state_path(self) -> str:
-        return os.path.join(self.dir, "state.json")
-
-    def _load_state(self) -> dict:
-        try:
-            with open(self._state_path(), "rb") as f:
-                st = json.loads(f.read().decode())
-        except FileNotFoundError:
-            st = {}
-        st.setdefault("counters", {})
-        st.setdefault("acked", {})
-        st.setdefault("sent", {})
-        return st
-
-    def _save_state(self, st: dict) -> None:
-        atomic_write_json(self._state_path(), st, fsync=self.fsync)
-
-    @staticmethod
-    def _bump(st: dict, name: str, n: int = 1) -> None:
-        st["counters"][name] = st["counters"].get(name, 0) + n
+        os.makedirs(self.dir, exist_ok=True)
+        self.db = Database(os.path.join(self.dir, DB_NAME), _SCHEMA, fsync=fsync)
+        migrate_file_spool(self.db, self.dir)
+        self.inbox = Inbox(self.dir, fsync=fsync)
 
     # ------------------------------------------------------------------ listing
 
-    def _scan(self, verify: bool = False) -> list[SpoolEntry]:
-        """Entries on disk. Reads only the header and metadata (and checks the file length) unless
-        ``verify``; the payload hash is always checked by :meth:`read`."""
+    def pending(self, robot_id: str | None = None, *, unsent_only: bool = False) -> list[SpoolEntry]:
+        """Entries not yet acknowledged, oldest first. An entry whose stored payload length disagrees with
+        its metadata is quarantined here (the payload hash is checked by :meth:`read`)."""
+        where = [w for w, on in (("robot_id = ?", robot_id is not None), ("sent = 0", unsent_only)) if on]
+        q = (f"SELECT {_COLS}, length(payload) FROM entries" + (" WHERE " + " AND ".join(where) if where else "")
+             + " ORDER BY created_at, robot_id, seq")
+        with self.db.read() as c:
+            rows = c.execute(q, (robot_id,) if robot_id is not None else ()).fetchall()
         out = []
-        for name in os.listdir(self.deltas_dir):
-            if not name.endswith(".delta") or name.startswith("."):
-                continue
-            path = os.path.join(self.deltas_dir, name)
-            try:
-                with open(path, "rb") as f:
-                    if verify:
-                        meta, _ = _unpack_file(f.read())
-                    else:
-                        meta = _read_meta(f, os.fstat(f.fileno()).st_size)
-                e = SpoolEntry(**meta)
-                e.path = path
-            except FileNotFoundError:
-                continue  # acknowledged by another process meanwhile
-            except (SpoolError, OSError, ValueError, TypeError):
-                self._quarantine(path)
+        for row in rows:
+            e = _entry(row)
+            if row[-1] != e.payload_len:
+                self._quarantine(e.key, "length")
                 continue
             out.append(e)
-        out.sort(key=lambda e: (e.created_at, e.robot_id, e.seq))
         return out
 
-    def _quarantine(self, path: str) -> None:
-        with dir_lock(self.dir):
-            if not os.path.exists(path):
+    def read(self, entry: SpoolEntry | tuple[str, int]) -> bytes:
+        """Payload bytes of an entry, verified; a corrupt entry is quarantined and SpoolError raised
+        (also raised for an entry that is gone, e.g. acknowledged meanwhile)."""
+        key = _key(entry)
+        with self.db.read() as c:
+            row = c.execute("SELECT payload, sha256 FROM entries WHERE robot_id = ? AND seq = ?", key).fetchone()
+        if row is None:
+            raise SpoolError(f"no entry {key[0]}:{key[1]}")
+        payload = bytes(row[0])
+        if hashlib.sha256(payload).digest() != bytes(row[1]):
+            self._quarantine(key, "checksum")
+            raise SpoolError(f"entry {key[0]}:{key[1]}: checksum mismatch (quarantined)")
+        return payload
+
+    def _quarantine(self, key: tuple[str, int], reason: str) -> None:
+        with self.db.write() as c:
+            row = c.execute(f"SELECT {_COLS}, payload FROM entries WHERE robot_id = ? AND seq = ?", key).fetchone()
+            if row is None:
                 return
-            with contextlib.suppress(OSError):
-                os.replace(path, os.path.join(self.quarantine_dir, os.path.basename(path)))
-            st = self._load_state()
-            self._bump(st, "corrupt")
-            self._save_state(st)
+            c.execute("INSERT INTO quarantine (robot_id, seq, reason, at, meta, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                      (*key, reason, time.time(), json.dumps(_entry(row).meta()), row[-1]))
+            c.execute("DELETE FROM entries WHERE robot_id = ? AND seq = ?", key)
+            _bump(c, "corrupt")
 
     def verify(self) -> int:
         """Check every entry's hash now; corrupt ones are quarantined. Returns the number of good entries."""
-        with dir_lock(self.dir):
-            return len(self._scan(verify=True))
-
-    def pending(self, robot_id: str | None = None, *, unsent_only: bool = False) -> list[SpoolEntry]:
-        """Entries not yet acknowledged, oldest first."""
-        with dir_lock(self.dir):
-            entries = self._scan()
-            sent = SeqRanges(self._load_state()["sent"])
-        if robot_id is not None:
-            entries = [e for e in entries if e.robot_id == robot_id]
-        if unsent_only:
-            entries = [e for e in entries if not sent.contains(e.robot_id, e.seq)]
-        return entries
-
-    def read(self, entry: SpoolEntry | str) -> bytes:
-        """Payload bytes of an entry, verified; a corrupt entry is quarantined and SpoolError raised."""
-        path = entry.path if isinstance(entry, SpoolEntry) else entry
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            _, payload = _unpack_file(data)
-        except SpoolError:
-            self._quarantine(path)
-            raise
-        return payload
+        with self.db.read() as c:
+            keys = c.execute("SELECT robot_id, seq FROM entries").fetchall()
+        good = 0
+        for k in keys:
+            with contextlib.suppress(SpoolError):
+                self.read(k)
+                good += 1
+        return good
 
     def bytes_used(self) -> int:
-        total = 0
-        for name in os.listdir(self.deltas_dir):
-            if name.endswith(".delta"):
-                with contextlib.suppress(OSError):
-                    total += os.path.getsize(os.path.join(self.deltas_dir, name))
-        return total
+        with self.db.read() as c:
+            return int(c.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
 
     def stats(self) -> dict:
-        with dir_lock(self.dir):
-            st = self._load_state()
-            entries = self._scan()
-        sent = SeqRanges(st["sent"])
-        c = dict(st["counters"])
-        c.update(pending=len(entries), bytes=sum(os.path.getsize(e.path) for e in entries),
-                 sent_pending=sum(1 for e in entries if sent.contains(e.robot_id, e.seq)))
-        return c
+        with self.db.read() as c:
+            st = {k: int(v) for k, v in c.execute("SELECT name, value FROM counters")}
+            n, used, sent = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(sent), 0) FROM entries").fetchone()
+        st.update(pending=int(n), bytes=int(used), sent_pending=int(sent))
+        return st
 
     def next_sequence(self, robot_id: str) -> int:
         """1 + the highest sequence ever seen for this robot (pending or acknowledged); starts at 1."""
-        with dir_lock(self.dir):
-            st = self._load_state()
-            hi = SeqRanges(st["acked"]).max(robot_id) or 0
-            for e in self._scan():
-                if e.robot_id == robot_id:
-                    hi = max(hi, e.seq)
-            hi = max(hi, int(st.get("last_seq", {}).get(robot_id, 0)))
-        return hi + 1
+        with self.db.read() as c:
+            hi = c.execute("SELECT MAX(x) FROM (SELECT MAX(last) AS x FROM acked WHERE robot_id = ?1 "
+                           "UNION ALL SELECT MAX(seq) FROM entries WHERE robot_id = ?1 "
+                           "UNION ALL SELECT last_seq FROM sequences WHERE robot_id = ?1)", (robot_id,)).fetchone()[0]
+        return int(hi or 0) + 1
 
     # ------------------------------------------------------------------ append
 
@@ -302,89 +257,83 @@ class Spool:
                            codec=header.codec, sample_count=int(sample_count), local_loss=float(local_loss),
                            l2_norm=float(l2_norm), model_id=model_id, created_at=time.time(),
                            payload_len=len(payload))
-        data = _pack_file(entry.meta(), payload)
-        if len(data) > self.max_bytes:
-            raise SpoolFull(f"entry of {len(data)} bytes exceeds spool max_bytes={self.max_bytes}")
-        with dir_lock(self.dir):
-            st = self._load_state()
-            entries = self._scan()
-            acked = SeqRanges(st["acked"])
-            if acked.contains(robot_id, seq) or any(
-                    e.robot_id == robot_id and e.seq_first <= seq <= e.seq for e in entries):
-                self._bump(st, "duplicates")
-                self._save_state(st)
+        size = len(payload) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            raise SpoolFull(f"entry of {size} bytes exceeds spool max_bytes={self.max_bytes}")
+        full: SpoolFull | None = None
+        with self.db.write() as c:
+            dup = c.execute("SELECT EXISTS (SELECT 1 FROM acked WHERE robot_id = ?1 AND first <= ?2 AND last >= ?2) "
+                            "OR EXISTS (SELECT 1 FROM entries WHERE robot_id = ?1 AND seq >= ?2 AND seq_first <= ?2)",
+                            (robot_id, seq)).fetchone()[0]
+            if dup:
+                _bump(c, "duplicates")
                 return False
-            used = sum(os.path.getsize(e.path) for e in entries)
             written = False
-            if used + len(data) > self.max_bytes:
-                written = self._make_room(st, entries, used, entry, payload)
-            if not written:
-                path = os.path.join(self.deltas_dir, _entry_name(robot_id, seq))
-                atomic_write(path, data, fsync=self.fsync)
-            self._bump(st, "appended")
-            st.setdefault("last_seq", {})[robot_id] = max(seq, int(st.get("last_seq", {}).get(robot_id, 0)))
-            self._save_state(st)
+            used = c.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+            if used + size > self.max_bytes:
+                try:
+                    written = self._make_room(c, used, entry, payload)
+                except SpoolFull as e:  # its counters (and any drops) commit; the append does not happen
+                    full = e
+            if full is None:
+                if not written:
+                    _insert(c, entry, payload)
+                _bump(c, "appended")
+                c.execute("INSERT INTO sequences (robot_id, last_seq) VALUES (?, ?) "
+                          "ON CONFLICT (robot_id) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                          (robot_id, seq))
+        if full is not None:
+            raise full
         return True
 
-    def _make_room(self, st: dict, entries: list[SpoolEntry], used: int, incoming: SpoolEntry,
-                   payload: bytes) -> bool:
-        """Apply the full policy. Returns True if the incoming delta was already written (merged)."""
+    def _make_room(self, c: sqlite3.Connection, used: int, incoming: SpoolEntry, payload: bytes) -> bool:
+        """Apply the full policy inside the append's transaction. Returns True if the incoming delta was
+        already written (merged into the newest unsent entry of its robot)."""
         if self.policy == "reject":
-            self._bump(st, "rejected_full")
-            self._save_state(st)
+            _bump(c, "rejected_full")
             raise SpoolFull(f"spool full ({used} + {incoming.payload_len} > {self.max_bytes} bytes)")
-        sent = SeqRanges(st["sent"])
-        need = len(_pack_file(incoming.meta(), payload))
+        need = len(payload) + ENTRY_OVERHEAD
         written = False
         while used + need > self.max_bytes:
-            unsent = [e for e in entries if not sent.contains(e.robot_id, e.seq)]
-            unsent.sort(key=lambda e: (e.robot_id, e.seq))
+            unsent = [_entry(r) for r in c.execute(
+                f"SELECT {_COLS} FROM entries WHERE sent = 0 ORDER BY robot_id, seq")]
             done = False
             if self.policy == "merge":
-                pairs = [(a, b) for a, b in zip(unsent, unsent[1:], strict=False) if a.robot_id == b.robot_id]
-                for a, b in pairs:
+                for a, b in zip(unsent, unsent[1:], strict=False):
+                    if a.robot_id != b.robot_id:
+                        continue
                     try:
-                        new = self._merge(a, self.read(a), b, self.read(b))
+                        self._merge(c, a, self.read(a), b, self.read(b))
                     except (CodecError, SpoolError, ValueError):
                         continue
-                    entries = [e for e in entries if e.path not in (a.path, b.path)] + [new]
                     done = True
                     break
                 if not done and not written:
                     # no pair left among stored entries: fold the newest unsent one into the incoming delta
                     mine = [e for e in unsent if e.robot_id == incoming.robot_id and e.seq < incoming.seq]
                     if mine:
-                        a = mine[-1]
-                        try:
-                            new = self._merge(a, self.read(a), incoming, payload)
-                        except (CodecError, SpoolError, ValueError):
-                            new = None
-                        if new is not None:
-                            entries = [e for e in entries if e.path != a.path] + [new]
+                        with contextlib.suppress(CodecError, SpoolError, ValueError):
+                            self._merge(c, mine[-1], self.read(mine[-1]), incoming, payload)
                             written, done, need = True, True, 0
             if done:
-                self._bump(st, "merged")
+                _bump(c, "merged")
             else:
-                victims = sorted(unsent, key=lambda e: (e.created_at, e.seq))
-                if not victims:
-                    self._save_state(st)
+                if not unsent:
                     raise SpoolFull(f"spool full and every entry is in flight ({used} bytes)")
-                v = victims[0]
-                os.unlink(v.path)
-                self._bump(st, "dropped", v.merged)
-                self._bump(st, "dropped_samples", v.sample_count)
+                v = min(unsent, key=lambda e: (e.created_at, e.seq))
+                c.execute("DELETE FROM entries WHERE robot_id = ? AND seq = ?", v.key)
+                _bump(c, "dropped", v.merged)
+                _bump(c, "dropped_samples", v.sample_count)
                 # a dropped sequence must never be accepted again
-                acked = SeqRanges(st["acked"])
+                acked = load_ranges(c, "acked", v.robot_id)
                 acked.add(v.robot_id, v.seq_first, v.seq)
-                st["acked"] = acked.to_json()
-                entries = [e for e in entries if e.path != v.path]
-            used = sum(os.path.getsize(e.path) for e in entries)
-        self._save_state(st)
+                store_ranges(c, "acked", acked, [v.robot_id])
+            used = c.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
         return written
 
-    def _merge(self, a: SpoolEntry, pa: bytes, b: SpoolEntry, pb: bytes) -> SpoolEntry:
-        """Sum a (older) and b into one entry stored under b's name. The merged file is durable before
-        a disappears; a crash in between leaves a inside the merged range, which open() cleans up."""
+    @staticmethod
+    def _merge(c: sqlite3.Connection, a: SpoolEntry, pa: bytes, b: SpoolEntry, pb: bytes) -> SpoolEntry:
+        """Sum a (older) and b into one entry stored under b's key (a is deleted in the same transaction)."""
         xa, xb = decode(pa), decode(pb)
         if xa.shape != xb.shape:
             raise SpoolError("cannot merge deltas of different shapes")
@@ -397,129 +346,231 @@ class Spool:
                          local_loss=float(loss), l2_norm=l2norm(total),
                          model_id=b.model_id, created_at=a.created_at, payload_len=len(payload),
                          merged=a.merged + b.merged)
-        path = os.path.join(self.deltas_dir, _entry_name(b.robot_id, b.seq))
-        atomic_write(path, _pack_file(new.meta(), payload), fsync=self.fsync)  # replaces b atomically
-        os.unlink(a.path)
-        if self.fsync:
-            fsync_dir(self.deltas_dir)
-        new.path = path
+        c.execute("DELETE FROM entries WHERE robot_id = ? AND seq = ?", a.key)
+        _insert(c, new, payload)
         return new
 
     # ------------------------------------------------------------------ uplink side
 
     def mark_sent(self, entries: Iterable[SpoolEntry | tuple[str, int]]) -> None:
         """Record that entries were handed to the uplink (they will no longer be merged)."""
-        with dir_lock(self.dir):
-            st = self._load_state()
-            sent = SeqRanges(st["sent"])
-            for e in entries:
-                r, s = (e.robot_id, e.seq) if isinstance(e, SpoolEntry) else e
-                sent.add(r, int(s))
-            st["sent"] = sent.to_json()
-            self._save_state(st)
+        keys = [_key(e) for e in entries]
+        with self.db.write() as c:
+            c.executemany("UPDATE entries SET sent = 1 WHERE robot_id = ? AND seq = ?", keys)
 
     def ack(self, keys: Iterable[tuple[str, int] | tuple[str, int, int]]) -> int:
         """Remove entries the aggregator accepted (or permanently rejected). Keys are ``(robot, seq)``
-        or ``(robot, seq_first, seq)``. Returns the number of entries removed."""
+        or ``(robot, seq_first, seq)``. Returns the number of entries removed.
+
+        One transaction: the entries go and their ranges enter the de-dup table together (a crash
+        anywhere in between leaves both as they were, and the aggregator's own de-dup absorbs the resend)."""
+        ks = [(str(k[0]), int(k[1]) if len(k) == 3 else int(k[-1]), int(k[-1])) for k in keys]
         removed = 0
-        with dir_lock(self.dir):
-            st = self._load_state()
-            acked = SeqRanges(st["acked"])
-            entries = {(e.robot_id, e.seq): e for e in self._scan()}
-            for k in keys:
-                robot, seq = k[0], int(k[-1])
-                first = int(k[1]) if len(k) == 3 else seq
-                e = entries.pop((robot, seq), None)
-                if e is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(e.path)
+        with self.db.write() as c:
+            acked = load_ranges(c, "acked")
+            for robot, first, seq in ks:
+                row = c.execute("SELECT seq_first FROM entries WHERE robot_id = ? AND seq = ?", (robot, seq)).fetchone()
+                if row is not None:
+                    c.execute("DELETE FROM entries WHERE robot_id = ? AND seq = ?", (robot, seq))
                     removed += 1
-                    first = min(first, e.seq_first)
+                    first = min(first, int(row[0]))
                 acked.add(robot, first, seq)
-            st["acked"] = acked.to_json()
-            self._bump(st, "acked", removed)
-            # forget sent marks of removed entries
-            sent = SeqRanges()
-            old_sent = SeqRanges(st["sent"])
-            for (r, s) in entries:
-                if old_sent.contains(r, s):
-                    sent.add(r, s)
-            st["sent"] = sent.to_json()
-            self._save_state(st)
-        if removed and self.fsync:
-            fsync_dir(self.deltas_dir)
+            store_ranges(c, "acked", acked, sorted({r for r, _, _ in ks}))
+            _bump(c, "acked", removed)
+        if removed:
+            self.db.vacuum_if_sparse()
         return removed
 
     def record_sync(self, bytes_sent: int, bytes_received: int, global_version: int) -> None:
         """Uplink bookkeeping for ``SyncStatus`` (the ClientApp calls it once per exchange)."""
-        with dir_lock(self.dir):
-            st = self._load_state()
-            self._bump(st, "syncs")
-            self._bump(st, "bytes_sent", int(bytes_sent))
-            self._bump(st, "bytes_received", int(bytes_received))
-            st["last_sync"] = {"time": time.time(), "global_version": int(global_version)}
-            self._save_state(st)
+        with self.db.write() as c:
+            _bump(c, "syncs")
+            _bump(c, "bytes_sent", int(bytes_sent))
+            _bump(c, "bytes_received", int(bytes_received))
+            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('last_sync', ?)",
+                      (json.dumps({"time": time.time(), "global_version": int(global_version)}),))
 
     def last_sync(self) -> dict | None:
         """``{"time": unix seconds, "global_version": int}`` of the last exchange with the aggregator."""
-        with dir_lock(self.dir):
-            return self._load_state().get("last_sync")
+        with self.db.read() as c:
+            row = c.execute("SELECT value FROM kv WHERE key = 'last_sync'").fetchone()
+        return json.loads(row[0]) if row else None
 
     def is_acked(self, robot_id: str, seq: int) -> bool:
-        with dir_lock(self.dir):
-            return SeqRanges(self._load_state()["acked"]).contains(robot_id, seq)
+        with self.db.read() as c:
+            return bool(c.execute("SELECT EXISTS (SELECT 1 FROM acked WHERE robot_id = ?1 AND first <= ?2 "
+                                  "AND last >= ?2)", (robot_id, int(seq))).fetchone()[0])
 
 
 class Inbox:
-    """Global models received from the aggregator: ``put`` by the ClientApp, ``latest`` by the robot."""
+    """Global models received from the aggregator, in the ``inbox`` table of ``<directory>/spool.db``:
+    ``put`` by the ClientApp, ``latest`` by the robot."""
 
     def __init__(self, directory: str, keep: int = 3, *, fsync: bool = True):
         self.dir = os.path.abspath(directory)
         self.keep = keep
         self.fsync = fsync
         os.makedirs(self.dir, exist_ok=True)
-        clean_temp_files(self.dir)
+        self.db = Database(os.path.join(self.dir, DB_NAME), _SCHEMA, fsync=fsync)
 
-    def _versions(self, model_id: str) -> list[tuple[int, str]]:
-        out = []
-        prefix = f"{model_id}__v"
-        for name in os.listdir(self.dir):
-            if name.startswith(prefix) and name.endswith(".model"):
-                with contextlib.suppress(ValueError):
-                    out.append((int(name[len(prefix):-6]), os.path.join(self.dir, name)))
-        return sorted(out)
+    def versions(self, model_id: str = "world_model") -> list[int]:
+        """The kept versions of ``model_id``, oldest first."""
+        with self.db.read() as c:
+            return [int(v) for (v,) in c.execute(
+                "SELECT version FROM inbox WHERE model_id = ? ORDER BY version", (model_id,))]
 
     def put(self, version: int, payload: bytes, *, model_id: str = "world_model",
             meta: dict | None = None) -> bool:
         """Store a model version (verified payload). Returns False if it is not newer than the latest."""
         check_robot_id(model_id)
         parse_header(payload)
-        with dir_lock(self.dir):
-            vs = self._versions(model_id)
-            if vs and vs[-1][0] >= version:
+        digest = hashlib.sha256(payload)
+        m = {"version": int(version), "model_id": model_id, "received_at": time.time(),
+             "sha256": digest.hexdigest(), **(meta or {})}
+        with self.db.write() as c:
+            latest = c.execute("SELECT MAX(version) FROM inbox WHERE model_id = ?", (model_id,)).fetchone()[0]
+            if latest is not None and latest >= version:
                 return False
-            m = {"version": int(version), "model_id": model_id, "received_at": time.time(),
-                 "sha256": hashlib.sha256(payload).hexdigest(), **(meta or {})}
-            atomic_write(os.path.join(self.dir, f"{model_id}__v{int(version):010d}.model"),
-                         _pack_file(m, payload), fsync=self.fsync)
-            for _, p in vs[: max(0, len(vs) + 1 - self.keep)]:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
+            c.execute("INSERT INTO inbox (model_id, version, meta, sha256, payload) VALUES (?, ?, ?, ?, ?)",
+                      (model_id, int(version), json.dumps(m), digest.digest(), payload))
+            c.execute("DELETE FROM inbox WHERE model_id = ?1 AND version NOT IN "
+                      "(SELECT version FROM inbox WHERE model_id = ?1 ORDER BY version DESC LIMIT ?2)",
+                      (model_id, max(1, self.keep)))
         return True
 
     def latest_version(self, model_id: str = "world_model") -> int:
-        vs = self._versions(model_id)
-        return vs[-1][0] if vs else -1
+        with self.db.read() as c:
+            v = c.execute("SELECT MAX(version) FROM inbox WHERE model_id = ?", (model_id,)).fetchone()[0]
+        return -1 if v is None else int(v)
 
     def latest(self, model_id: str = "world_model") -> tuple[int, bytes, dict] | None:
         """(version, payload, meta) of the newest valid model, or None."""
-        for version, path in reversed(self._versions(model_id)):
+        with self.db.read() as c:
+            rows = c.execute("SELECT version, meta, sha256, payload FROM inbox WHERE model_id = ? "
+                             "ORDER BY version DESC", (model_id,)).fetchall()
+        for version, meta, digest, payload in rows:
+            payload = bytes(payload)
+            if hashlib.sha256(payload).digest() != bytes(digest):
+                continue
             try:
-                with open(path, "rb") as f:
-                    meta, payload = _unpack_file(f.read())
                 parse_header(payload)
-                return version, payload, meta
-            except (OSError, SpoolError, CodecError, ValueError):
+                return int(version), payload, json.loads(meta)
+            except (CodecError, ValueError):
                 continue
         return None
 
+
+# --------------------------------------------------------------------------- migration of the file format
+
+_LEGACY_MAGIC = b"SKSP"
+_LEGACY_HEAD = struct.Struct("<4sIQ")  # magic, meta_len, payload_len; then JSON meta, payload, sha256(meta+payload)
+_LEGACY_DIRS = ("deltas", "inbox", "quarantine")
+
+
+def _unpack_legacy(data: bytes) -> tuple[dict, bytes]:
+    """One entry or inbox file of the file-based spool."""
+    if len(data) < _LEGACY_HEAD.size + 32:
+        raise SpoolError("entry truncated")
+    magic, mlen, plen = _LEGACY_HEAD.unpack_from(data, 0)
+    body = data[_LEGACY_HEAD.size:-32]
+    if magic != _LEGACY_MAGIC or len(body) != mlen + plen or hashlib.sha256(body).digest() != data[-32:]:
+        raise SpoolError("corrupt legacy entry")
+    return json.loads(body[:mlen].decode()), bytes(body[mlen:])
+
+
+def _legacy_names(directory: str, sub: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(os.path.join(directory, sub)) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _legacy_files(directory: str, sub: str) -> Iterator[tuple[str, bytes]]:
+    for name in _legacy_names(directory, sub):
+        with open(os.path.join(directory, sub, name), "rb") as f:
+            yield name, f.read()
+
+
+def _import_file_spool(c: sqlite3.Connection, directory: str) -> int:
+    try:
+        with open(os.path.join(directory, "state.json"), "rb") as f:
+            st = json.loads(f.read().decode())
+    except FileNotFoundError:
+        st = {}
+    sent = SeqRanges(st.get("sent"))
+    now = time.time()
+    corrupt = 0
+    entries: list[tuple[SpoolEntry, bytes]] = []
+    for name, data in _legacy_files(directory, "deltas"):
+        if not name.endswith(".delta"):
+            continue
+        try:
+            meta, payload = _unpack_legacy(data)
+            e = SpoolEntry(**{k: meta[k] for k in _META if k in meta})
+            if len(payload) != e.payload_len:
+                raise SpoolError("payload length mismatch")
+            entries.append((e, payload))
+        except (SpoolError, ValueError, TypeError, KeyError):
+            c.execute("INSERT INTO quarantine (reason, at, meta, payload) VALUES ('migration', ?, ?, ?)",
+                      (now, json.dumps({"file": name}), data))
+            corrupt += 1
+    for e, payload in entries:
+        # the file-based merge wrote the merged entry before deleting the older one: one left inside a
+        # merged range by a crash is stale (the file spool's open did the same clean-up)
+        if any(m is not e and m.robot_id == e.robot_id and m.seq_first <= e.seq_first and e.seq <= m.seq
+               and m.seq != e.seq for m, _ in entries):
+            continue
+        _insert(c, e, payload, sent=sent.contains(e.robot_id, e.seq))
+    for name, data in _legacy_files(directory, "quarantine"):
+        c.execute("INSERT INTO quarantine (reason, at, meta, payload) VALUES ('quarantined before migration', ?, ?, ?)",
+                  (now, json.dumps({"file": name}), data))
+    for name, data in _legacy_files(directory, "inbox"):
+        if not name.endswith(".model"):
+            continue
+        try:
+            meta, payload = _unpack_legacy(data)
+            c.execute("INSERT OR REPLACE INTO inbox (model_id, version, meta, sha256, payload) VALUES (?, ?, ?, ?, ?)",
+                      (str(meta["model_id"]), int(meta["version"]), json.dumps(meta),
+                       hashlib.sha256(payload).digest(), payload))
+        except (SpoolError, ValueError, KeyError):
+            continue  # the file inbox skipped an unreadable model too (latest() returns the newest valid one)
+    store_ranges(c, "acked", SeqRanges(st.get("acked")))
+    for robot, last in (st.get("last_seq") or {}).items():
+        c.execute("INSERT OR REPLACE INTO sequences (robot_id, last_seq) VALUES (?, ?)", (robot, int(last)))
+    for name, value in (st.get("counters") or {}).items():
+        _bump(c, name, int(value))
+    if corrupt:
+        _bump(c, "corrupt", corrupt)
+    if st.get("last_sync"):
+        c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('last_sync', ?)", (json.dumps(st["last_sync"]),))
+    return len(entries)
+
+
+def migrate_file_spool(db: Database, directory: str) -> bool:
+    """Import a spool directory of the file-based format into ``db`` (one transaction, skipped if an earlier
+    open did it), then remove the old files. Returns True if this call imported it."""
+    state = os.path.join(directory, "state.json")
+    if not (os.path.exists(state) or any(os.path.isdir(os.path.join(directory, d)) for d in _LEGACY_DIRS)):
+        return False
+    imported = False
+    with db.write() as c:
+        if c.execute("SELECT 1 FROM kv WHERE key = 'migrated_from_files'").fetchone() is None:
+            n = _import_file_spool(c, directory)
+            c.execute("INSERT INTO kv (key, value) VALUES ('migrated_from_files', ?)",
+                      (json.dumps({"time": time.time(), "entries": n}),))
+            imported = True
+    # only after the commit: a crash before this point leaves the files, and the next open only tidies up
+    for sub in _LEGACY_DIRS:
+        d = os.path.join(directory, sub)
+        for name in _legacy_names(directory, sub) + [".lock"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, name))
+        clean_temp_files(d)
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(state, state + ".migrated")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, ".lock"))
+    clean_temp_files(directory)
+    return imported
