@@ -72,6 +72,7 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
     sn = SuperNodeSupervisor(f"127.0.0.1:{port}", str(tmp / "spool"), "robot1", light_clientapp=(variant == "light"))
     apps: dict[int, int] = {}          # clientapp pid -> last seen CPU ticks
     infra: dict[int, int] = {}         # supernode / superexec pid -> last seen CPU ticks
+    infra_cmd: dict[int, str] = {}
     served: dict[tuple[int, str], int] = {}    # light: (pid, role) -> ticks of the warm server's tree
     try:
         if not wait_healthy("127.0.0.1", port, 120, proc=agg):
@@ -92,10 +93,13 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
                 if got is None:
                     continue
                 ticks, cmd, _ = got
-                if "flwr-clientapp" in cmd:               # one launcher / ClientApp process per exchange
+                # one launcher / ClientApp process per exchange; a zombie's cmdline is empty, so a pid once
+                # seen as a ClientApp stays one (its final ticks went into "infra" before: counted twice)
+                if "flwr-clientapp" in cmd or pid in apps:
                     apps[pid] = ticks
                 else:
                     infra[pid] = ticks
+                    infra_cmd.setdefault(pid, cmd[:120])
             # light: the warm server is the supervisor's child (next to the SuperNode), its forks below it
             srv = sn.clientapp_server
             if srv is not None:
@@ -146,6 +150,8 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
                                                max(exchanges - 1, 1), 3) if exchanges > 1 else None,
             "clientapp_cores": round(total / wall, 3),
             "supernode_superexec_cores": round(sum(infra.values()) / tick / wall, 3),
+            "infra_processes": sorted(([infra_cmd.get(p, ""), round(t / tick, 2)] for p, t in infra.items()),
+                                      key=lambda x: -x[1])[:6],
             "spool_stats": st, "logs": str(tmp)}
 
 
