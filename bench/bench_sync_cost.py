@@ -6,8 +6,11 @@ for ``--seconds`` per variant. Every exchange is one ClientApp process the Super
 starts; the bench polls the SuperNode's process tree every 20 ms and takes each ClientApp process'
 user + system CPU time as last seen before it exits (a lower bound by at most one poll interval),
 plus the SuperNode and SuperExec themselves. With the light variant an exchange is the launcher
-plus the child the warm server forks for it; the server's own start-up is added to the total and
-the steady state (without the first, cold exchange and the server) is reported beside it.
+(``flwr-clientapp`` on the SuperNode's PATH) plus the child the warm ClientApp server forks for it;
+the server is the supervisor's child next to the SuperNode, so its tree is polled too, and its
+start-up (the imports, once) is added to the total; the steady state (without the server and the
+costliest launcher) is reported beside it, with how many launchers took the warm and the cold path
+(``$FLWR_HOME/clientapp.log``).
 Reported: CPU-seconds per exchange, exchanges per minute, and the robot-side sync cores.
 Target (issue 19): <= 0.3 CPU-s per exchange.
 
@@ -18,6 +21,7 @@ Writes out/bench/sync_cost.json and sync_cost.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -32,13 +36,14 @@ import common
 TARGET_CPU_S = 0.3
 
 
-def _ticks(pid: int) -> tuple[int, str] | None:
+def _ticks(pid: int) -> tuple[int, str, int] | None:
+    """(utime + stime ticks, command line, parent pid) of ``pid``."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        return int(fields[11]) + int(fields[12]), cmd
+        return int(fields[11]) + int(fields[12]), cmd, int(fields[1])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -67,7 +72,8 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
     sn = SuperNodeSupervisor(f"127.0.0.1:{port}", str(tmp / "spool"), "robot1", light_clientapp=(variant == "light"))
     apps: dict[int, int] = {}          # clientapp pid -> last seen CPU ticks
     infra: dict[int, int] = {}         # supernode / superexec pid -> last seen CPU ticks
-    served: dict[int, int] = {}        # light: the warm ClientApp server and its forked exchanges
+    infra_cmd: dict[int, str] = {}
+    served: dict[tuple[int, str], int] = {}    # light: (pid, role) -> ticks of the warm server's tree
     try:
         if not wait_healthy("127.0.0.1", port, 120, proc=agg):
             raise RuntimeError(f"aggregator not healthy; see {tmp / 'aggregator.log'}")
@@ -86,13 +92,22 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
                 got = _ticks(pid)
                 if got is None:
                     continue
-                ticks, cmd = got
-                if "flwr-clientapp" in cmd:               # one launcher / ClientApp process per exchange
+                ticks, cmd, _ = got
+                # one launcher / ClientApp process per exchange; a zombie's cmdline is empty, so a pid once
+                # seen as a ClientApp stays one (its final ticks went into "infra" before: counted twice)
+                if "flwr-clientapp" in cmd or pid in apps:
                     apps[pid] = ticks
-                elif "--serve" in cmd and "light_clientapp" in cmd:   # the warm server and its children
-                    served[pid] = ticks
                 else:
                     infra[pid] = ticks
+                    infra_cmd.setdefault(pid, cmd[:120])
+            # light: the warm server is the supervisor's child (next to the SuperNode), its forks below it
+            srv = sn.clientapp_server
+            if srv is not None:
+                for pid in [srv.pid, *descendants(srv.pid)]:
+                    got = _ticks(pid)
+                    if got is not None:     # the server, an exchange it forked, or what an exchange ran
+                        role = "server" if pid == srv.pid else "exchange" if got[2] == srv.pid else "sub"
+                        served[(pid, role)] = got[0]
             time.sleep(0.02)
         wall = time.monotonic() - t0
     finally:
@@ -102,10 +117,19 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
         agg_log.close()
     per = np.array(list(apps.values()), float) / tick
     launcher_cpu = float(per.sum())
-    # the warm server's processes: the server (lowest pid, started first) and one forked child per exchange
-    server_pids = sorted(served)
-    server_cpu = served[server_pids[0]] / tick if server_pids else 0.0
-    forked_cpu = sum(served[p] for p in server_pids[1:]) / tick
+    # the warm server's processes: the server itself (its start-up: imports) and one forked child per exchange
+    # (Flower's ClientApp code runs `file` and `uname -p` for its telemetry context, even when telemetry is
+    # off: those are "sub" processes, added to the exchanges' total)
+    server_cpu = sum(t for (_, role), t in served.items() if role == "server") / tick
+    forked = [t / tick for (_, role), t in served.items() if role == "exchange"]
+    forked_cpu = float(sum(forked)) + sum(t for (_, role), t in served.items() if role == "sub") / tick
+    log = tmp / "spool" / "flwr-home" / "clientapp.log"
+    paths = {"warm": 0, "cold": 0}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            ev = json.loads(line).get("event", "")
+            if ev in ("launcher_warm", "launcher_cold"):
+                paths[ev.split("_")[1]] += 1
     st = spool.stats()
     # completed exchanges = the syncs the robot's ClientApp recorded in the spool (handle_sync); a
     # ClientApp process that failed or was retried is CPU spent, not an exchange
@@ -117,13 +141,17 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
             "cpu_s_per_exchange": {"mean": round(total / exchanges, 3) if exchanges else None,
                                    "launcher_p50": round(float(np.median(per)), 3) if exchanges else None,
                                    "launcher_max": round(float(per.max()), 3) if exchanges else None,
-                                   "forked_mean": round(forked_cpu / max(len(server_pids) - 1, 1), 3)},
+                                   "forked_mean": round(forked_cpu / max(len(forked), 1), 3),
+                                   "forked_p50": round(float(np.median(forked)), 3) if forked else None},
             "clientapp_processes": int(per.size), "warm_server_cpu_s": round(server_cpu, 3),
-            "forked_exchanges": max(len(server_pids) - 1, 0),
+            "forked_exchanges": len(forked), "launcher_paths": paths,
+            # without the server's start-up and the costliest launcher (a cold one while the server imports)
             "steady_cpu_s_per_exchange": round((launcher_cpu - float(per.max()) + forked_cpu) /
                                                max(exchanges - 1, 1), 3) if exchanges > 1 else None,
             "clientapp_cores": round(total / wall, 3),
             "supernode_superexec_cores": round(sum(infra.values()) / tick / wall, 3),
+            "infra_processes": sorted(([infra_cmd.get(p, ""), round(t / tick, 2)] for p, t in infra.items()),
+                                      key=lambda x: -x[1])[:6],
             "spool_stats": st, "logs": str(tmp)}
 
 

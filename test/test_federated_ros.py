@@ -256,6 +256,30 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
     # the SuperNodes went with their sync nodes
     for r in robots:
         assert not os.path.exists(tmp_path / f"spool_{r}" / "supernode.pid.json"), r
+    # the exchanges ran in light_clientapp's warm ClientApp server (a fork each, no cold start), and the
+    # server went with its SuperNode
+    from sakura_nexus.federated.light_clientapp import SOCKET_ENV, robot_flower_env
+
+    for r in robots:
+        home = str(tmp_path / f"spool_{r}" / "flwr-home")
+        with open(os.path.join(home, "clientapp.log")) as f:
+            events = [json.loads(line)["event"] for line in f]
+        assert "launcher_warm" in events, (r, events)
+        sock = robot_flower_env(home)[SOCKET_ENV]
+        assert wait_for(lambda s=sock: not _serving(s), 10), r
+
+
+def _serving(sock: str) -> bool:
+    """Whether a warm ClientApp server for socket path ``sock`` is still running."""
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--serve" in argv and sock.encode() in argv:
+            return True
+    return False
 
 
 class DeltaSource:

@@ -601,6 +601,10 @@ class SuperNodeSupervisor:
         self.pidfile = os.path.join(self.spool_dir, "supernode.pid.json")
         self.log_path = os.path.join(self.flwr_home, "supernode.log")
         self.proc: subprocess.Popen | None = None
+        # light_clientapp's warm ClientApp server for the current SuperNode (our child, not the SuperExec's)
+        self.clientapp_server: subprocess.Popen | None = None
+        self.clientapp_server_starts = 0
+        self._server_started = 0.0
         self.started_at = 0.0  # wall time of the current process's start
         self.starts = 0
         self.restarts = 0
@@ -649,12 +653,39 @@ class SuperNodeSupervisor:
                                          start_new_session=True)
         finally:
             log.close()
+        if self.light_clientapp:
+            self._env = env
+            self._start_clientapp_server()
         self.started_at = time.time()
         self.starts += 1
         from .durable import atomic_write_json
 
         atomic_write_json(self.pidfile, {"pid": self.proc.pid, "start_ticks": _proc_start_ticks(self.proc.pid),
                                          "started_at": self.started_at}, fsync=False)
+
+    def _stop_clientapp_server(self) -> None:
+        if self.clientapp_server is not None:
+            if self.clientapp_server.poll() is None:
+                kill_tree(self.clientapp_server.pid, 2.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.clientapp_server.wait(timeout=2.0)
+            self.clientapp_server = None
+
+    def _start_clientapp_server(self) -> None:
+        """The warm ClientApp server for this SuperNode (``light_clientapp.serve``; it exits with it)."""
+        from .light_clientapp import SOCKET_ENV
+
+        self._stop_clientapp_server()
+        log = open(os.path.join(self.flwr_home, "clientapp_server.log"), "ab")  # noqa: SIM115 - to the child
+        try:
+            self.clientapp_server = subprocess.Popen(
+                [sys.executable, "-m", "sakura_nexus.federated.light_clientapp", "--serve", self._env[SOCKET_ENV],
+                 str(self.proc.pid)], env=self._env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        self._server_started = time.monotonic()
+        self.clientapp_server_starts += 1
 
     @property
     def running(self) -> bool:
@@ -667,6 +698,9 @@ class SuperNodeSupervisor:
         if self.running:
             if time.time() - self.started_at > 60.0:
                 self._backoff = 1.0
+            if (self.light_clientapp and self.clientapp_server is not None and self.clientapp_server.poll() is not None
+                    and time.monotonic() - self._server_started > 30.0):
+                self._start_clientapp_server()    # it died: exchanges run cold (Flower's cost) until it is back
             return "running"
         now = time.monotonic()
         if self.proc is not None:  # it just exited: schedule the restart
@@ -682,6 +716,7 @@ class SuperNodeSupervisor:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopped = True
+        self._stop_clientapp_server()
         if self.proc is not None:
             kill_tree(self.proc.pid, timeout)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -7,15 +7,20 @@ process per message, found by name on ``PATH``. Flower's own ``flwr-clientapp`` 
 moves spool bytes (``flower_app.handle_sync``).
 
 Here the ``flwr-clientapp`` found first on the SuperNode's ``PATH`` (:func:`robot_flower_env`) is a
-small launcher (:func:`main`: standard library only). It hands its arguments to a *warm* ClientApp
-server on a Unix socket in the SuperNode's FLWR_HOME, which has the ClientApp runtime and the
-robot's app module imported once, and which forks one child per exchange; the child runs exactly
-what Flower's command runs (``flwr.supernode.runtime.run_clientapp.run_clientapp`` with the same
-arguments: token, Runtime API address, TLS), so the protocol, the FAB and the ClientApp code are
-Flower's and this project's as before. The server starts with the first exchange, runs at
-``SCHED_IDLE`` (inherited by every child: any control-loop thread that wakes preempts it at once),
-and exits when the SuperExec that started it is gone. Where the server cannot be reached (the first
-exchange, which starts it) the launcher runs the ClientApp itself (the cold path).
+small launcher (:func:`main`: standard library only, ~0.03 CPU-s). It hands its arguments and its
+stdin/stdout/stderr to a *warm* ClientApp server on a Unix socket in the SuperNode's FLWR_HOME, which
+has the ClientApp runtime and the robot's app module imported once, and which forks one child per
+exchange; the child runs exactly what Flower's command runs
+(``flwr.supernode.runtime.run_clientapp.run_clientapp`` with the same arguments: token, Runtime API
+address, TLS), so the protocol, the FAB and the ClientApp code are Flower's and this project's as
+before. The server (:func:`serve`, ``python -m sakura_nexus.federated.light_clientapp --serve SOCKET
+SUPERNODE_PID``) is started next to the SuperNode by its supervisor
+(``launcher.SuperNodeSupervisor``), so it stays in the sync node's process tree; it runs at
+``SCHED_IDLE`` (inherited by every child: any control-loop thread that wakes preempts it at once) and
+exits when that SuperNode is gone. Where the server cannot be reached (still importing after a
+start, or gone) the launcher runs the ClientApp itself (the cold path, as costly as Flower's
+command). Every launcher and server event is one JSON line in ``$FLWR_HOME/clientapp.log`` (which
+path the exchange took, the process' CPU time).
 """
 
 from __future__ import annotations
@@ -31,6 +36,21 @@ __all__ = ["install_command", "main", "robot_flower_env", "serve"]
 
 COMMAND = "flwr-clientapp"
 SOCKET_ENV = "SAKURA_CLIENTAPP_SOCKET"
+
+
+def _log(event: str, **kw) -> None:
+    """One JSON line per launcher / server event in ``$FLWR_HOME/clientapp.log`` (which path an exchange
+    took, and the CPU time of the process that logs it)."""
+    home = os.environ.get("FLWR_HOME")
+    if not home:
+        return
+    t = os.times()
+    rec = {"t": round(time.time(), 3), "pid": os.getpid(), "event": event, "cpu_s": round(t.user + t.system, 3), **kw}
+    try:
+        with open(os.path.join(home, "clientapp.log"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError:
+        pass
 
 
 def _idle() -> None:
@@ -74,12 +94,15 @@ def _preload() -> None:
     import sakura_nexus.federated.flower_app  # noqa: F401
 
 
-def serve(path: str, owner_pid: int, idle_exit_s: float = 600.0) -> int:
-    """The warm ClientApp server on Unix socket ``path``: one forked child per request; exits when
-    ``owner_pid`` (the SuperExec) is gone or after ``idle_exit_s`` without a request."""
+def serve(path: str, owner_pid: int, idle_exit_s: float | None = None) -> int:
+    """The warm ClientApp server on Unix socket ``path``: one forked child per request, which runs with the
+    launcher's stdin/stdout/stderr (passed over the socket: its output lands where Flower's command's would);
+    exits when ``owner_pid`` (the SuperNode) is gone or after ``idle_exit_s`` without a request."""
     _idle()
+    _log("server_start")
     _preload()
     with _listening(path) as srv:
+        _log("server_listening")
         last = time.monotonic()
         while True:
             try:
@@ -87,7 +110,7 @@ def serve(path: str, owner_pid: int, idle_exit_s: float = 600.0) -> int:
                     pass
             except ChildProcessError:
                 pass
-            if not _alive(owner_pid) or time.monotonic() - last > idle_exit_s:
+            if not _alive(owner_pid) or (idle_exit_s is not None and time.monotonic() - last > idle_exit_s):
                 return 0
             try:
                 conn, _ = srv.accept()
@@ -95,16 +118,26 @@ def serve(path: str, owner_pid: int, idle_exit_s: float = 600.0) -> int:
                 continue
             last = time.monotonic()
             with conn:
+                fds: list[int] = []
                 try:
                     conn.settimeout(10.0)
-                    req = json.loads(_recv_line(conn))
+                    first, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+                    req = json.loads(_recv_line(conn, first))
                 except (OSError, ValueError):
+                    _close(fds)
                     continue
                 pid = os.fork()
+                if pid:
+                    _close(fds)
+                    _log("server_forked", child=pid)
                 if pid == 0:                                   # the exchange
                     srv.close()
                     code = 1
                     try:
+                        if len(fds) == 3:
+                            for target, fd in enumerate(fds):
+                                os.dup2(fd, target)
+                        _close(fds)
                         os.chdir(req.get("cwd") or "/")
                         code = _run(list(req["argv"]))
                     except SystemExit as e:
@@ -134,6 +167,7 @@ class _listening:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         os.chmod(self.path, 0o600)
+        self.ino = os.stat(self.path).st_ino
         self.sock.listen(8)
         self.sock.settimeout(1.0)
         return self.sock
@@ -141,7 +175,8 @@ class _listening:
     def __exit__(self, *exc) -> None:
         self.sock.close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self.ino:   # not a successor's socket at the same path
+                os.unlink(self.path)
         except OSError:
             pass
 
@@ -156,8 +191,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _recv_line(conn: socket.socket) -> str:
-    buf = b""
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _recv_line(conn: socket.socket, buf: bytes = b"") -> str:
     while not buf.endswith(b"\n"):
         chunk = conn.recv(65536)
         if not chunk:
@@ -174,7 +216,11 @@ def _ask(path: str, argv: list[str]) -> int | None:
     except OSError:
         return None
     with s:
-        s.sendall((json.dumps({"argv": argv, "cwd": os.getcwd()}) + "\n").encode())
+        msg = (json.dumps({"argv": argv, "cwd": os.getcwd()}) + "\n").encode()
+        try:
+            socket.send_fds(s, [msg], [0, 1, 2])   # the exchange writes where this process would
+        except OSError:                              # a closed standard fd: the server's own output
+            s.sendall(msg)
         reply = _recv_line(s).strip()
     return int(reply) if reply.lstrip("-").isdigit() else 1
 
@@ -189,17 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     if path:
         code = _ask(path, argv)
         if code is not None:
+            _log("launcher_warm", code=code)
             return code
-        # no server yet: start it for the next exchanges (owned by our SuperExec) and run this one cold,
-        # at once: the Runtime API token of this exchange must not wait for the server's imports
-        import subprocess
-
-        log = open(os.path.join(os.path.dirname(path), "clientapp_server.log"), "ab")  # noqa: SIM115
-        subprocess.Popen([sys.executable, "-m", "sakura_nexus.federated.light_clientapp", "--serve", path,
-                          str(os.getppid())], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-        log.close()
-    return _run(argv)                         # the cold path
+    # no server reachable (not started yet, still importing, or gone): run this exchange here, at once --
+    # the Runtime API token of this exchange must not wait for the server's imports
+    _log("launcher_cold", socket=bool(path))
+    try:
+        return _run(argv)                     # the cold path
+    finally:
+        _log("launcher_cold_done")
 
 
 def install_command(bin_dir: str) -> str:
@@ -241,3 +285,7 @@ def robot_flower_env(flwr_home: str, base: dict | None = None) -> dict:
         sock = f"/tmp/sakura_clientapp_{hashlib.sha256(sock.encode()).hexdigest()[:16]}.sock"
     env[SOCKET_ENV] = sock
     return env
+
+
+if __name__ == "__main__":                  # the warm server: python -m sakura_nexus.federated.light_clientapp --serve
+    raise SystemExit(main())
