@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_two_minute_soak(tmp_path):
-    from sakura_nexus.demo import _fleet_available, models_missing
+    from sakura_nexus.harness.cli import _fleet_available
+    from sakura_nexus.harness.pipeline import models_missing
 
     if models_missing() or not _fleet_available():
         pytest.skip(models_missing() or "flwr not installed")
