@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 from sakura_nexus.control import MPPIConfig, MPPIPlanner, StateMPCController, evaluate
-from sakura_nexus.control.standin import KinematicCell, StandInWorldModel
+from sakura_nexus.testing.standin import KinematicCell, StandInWorldModel
 
 TARGET_P99_MS = 10.0
 
@@ -175,7 +175,8 @@ def main(argv=None) -> int:
             print(f"map={use_map!s:5} S={samples:3d} it={iters} H={horizon:2d}  "
                   f"success {row['success_rate']:.2f}  "
                   f"collisions {row['collisions']}  timeouts {row['timeouts']}", flush=True)
-    gtg = evaluate(a.episodes, seed=0, cell_factory=lambda s: KinematicCell(seed=s), max_time=a.max_time)
+    gtg = evaluate(a.episodes, seed=0, controller_factory=None, cell_factory=lambda s: KinematicCell(seed=s),
+                   max_time=a.max_time)
 
     default = next((t for t in timing if t["dynamics"] == "world_model" and t["samples"] == 128
                     and t["horizon"] == 15 and t["members"] == 1), None)

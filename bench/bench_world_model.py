@@ -40,8 +40,8 @@ from sakura_nexus.models import (  # noqa: E402
     inference_encoder,
     load_checkpoint,
 )
-from sakura_nexus.models.toy import toy_sequences  # noqa: E402
 from sakura_nexus.priority import deprioritise_current_thread  # noqa: E402
+from sakura_nexus.testing.toy import toy_sequences  # noqa: E402
 
 HORIZON = 15
 

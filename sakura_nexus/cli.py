@@ -17,7 +17,7 @@ COMMANDS = {
               "collect sim data (or read --bag rosbags) and train encoder + world model"),
     "inspect": ("sakura_nexus.bags.report", "inspect_main",
                 "data report of rosbag2 bags before training (PNG + JSON; ROS-free)"),
-    "evaluate": ("sakura_nexus.control.evaluate", "evaluate_main",
+    "evaluate": ("sakura_nexus.experiments.control_eval", "evaluate_main",
                  "closed-loop MPC vs go-to-goal evaluation in the sim (ROS-free); --suite: learned vs "
                  "kinematic MPC on held-out layouts"),
     "train-range-head": ("sakura_nexus.models.obstacles_train", "main",
@@ -27,7 +27,7 @@ COMMANDS = {
     "fleet-keys": ("sakura_nexus.federated.signing", "keys_main",
                    "generate the fleet's model-signing key pair / list trusted keys"),
     "supernode": ("sakura_nexus.federated.aggregator", "supernode_main", "start a Flower SuperNode for one robot"),
-    "fleet-experiment": ("sakura_nexus.federated.experiment", "experiment_main",
+    "fleet-experiment": ("sakura_nexus.experiments.fleet", "experiment_main",
                          "4-site federated vs local vs centralized experiment (ROS-free)"),
     "bench": ("sakura_nexus.bench_cli", "main", "run the benchmarks in bench/ (JSON + plots)"),
     "params-doc": ("sakura_nexus.params", "render_markdown", "print docs/parameters.md"),

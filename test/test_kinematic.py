@@ -205,7 +205,7 @@ def test_range_head_shapes_and_mirror_order():
 
 
 def test_mover_path_crosses_the_route_at_the_arrival_time():
-    from sakura_nexus.control.suite import MOVER_SPEED, _mover_xy
+    from sakura_nexus.experiments.suite import MOVER_SPEED, _mover_xy
 
     plan = {"centre": [1.0, 2.0], "normal": [0.0, 1.0], "amplitude": 1.6, "arrive": 5.0, "phase": 0.0}
     x, y = _mover_xy(plan, 5.0)

@@ -5,7 +5,7 @@ import pytest
 
 
 def test_auc_of_the_loss_threshold_attack():
-    from sakura_nexus.federated.experiment import auc
+    from sakura_nexus.experiments.fleet import auc
 
     rng = np.random.default_rng(0)
     same = auc(rng.normal(size=2000), rng.normal(size=2000))

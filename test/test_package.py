@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CORE_DIRS = ["sim", "models", "control", "federated", "bags"]
+CORE_DIRS = ["sim", "models", "control", "federated", "bags", "experiments", "testing"]
 ROS_DIRS = {"ros", "nodes", "msg"}
 # the demo harness' rclpy modules (the mission node, the pipeline it runs in, the `demo` command); the rest of
 # sakura_nexus/harness/ is ROS-free

@@ -21,7 +21,8 @@ from sakura_nexus.control import (
     run_episode,
 )
 from sakura_nexus.control.costmap import CostToGo
-from sakura_nexus.control.standin import Box, KinematicCell, StandInWorldModel, sdf_np, segment_blocked
+from sakura_nexus.geometry import Box, sdf_np, segment_blocked
+from sakura_nexus.testing.standin import KinematicCell, StandInWorldModel
 
 torch.set_num_threads(1)
 
@@ -189,7 +190,7 @@ def test_head_on_obstacle_needs_cost_to_go():
 
 
 def test_map_clearance_term_penalises_only_samples_near_obstacles():
-    from sakura_nexus.control.standin import StandInWorldModel
+    from sakura_nexus.testing.standin import StandInWorldModel
 
     wm = StandInWorldModel(hidden=16, ensemble=2)
     p = MPPIPlanner(wm, MPPIConfig(samples=16, horizon=5, obstacle_radius=0.25, obstacle_margin=0.15))
@@ -358,14 +359,15 @@ def test_safety_layer_applies_in_episode():
 
 
 def test_evaluate_small():
-    res = evaluate(n_episodes=3, seed=5, max_time=15.0)
+    res = evaluate(n_episodes=3, seed=5, controller_factory=None, cell_factory=lambda s: KinematicCell(seed=s),
+                   max_time=15.0)
     assert res["all"]["n"] == 3 and len(res["episodes"]) == 3
     assert {"success_rate", "collisions", "time_mean_success"} <= set(res["all"])
     assert all(e["blocked"] for e in res["episodes"])
 
 
 def test_evaluate_cli_standin(tmp_path):
-    from sakura_nexus.control.evaluate import evaluate_main, parse_overrides
+    from sakura_nexus.experiments.control_eval import evaluate_main, parse_overrides
 
     assert parse_overrides(["horizon=30", "w_memory=0.5", "members=none", "evaluate_plan=false"]) == {
         "horizon": 30, "w_memory": 0.5, "members": None, "evaluate_plan": False}

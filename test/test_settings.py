@@ -212,7 +212,7 @@ def test_sim_parameters_match_the_cell_defaults():
 
 
 def test_fleet_experiment_uses_the_robot_defaults():
-    from sakura_nexus.federated.experiment import ExperimentConfig
+    from sakura_nexus.experiments.fleet import ExperimentConfig
 
     e = ExperimentConfig()
     assert (e.lr, e.batch_size, e.grad_clip, e.dp_delta) == tuple(

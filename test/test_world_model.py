@@ -26,7 +26,7 @@ from sakura_nexus.models import (
 )
 from sakura_nexus.models.losses import error_scale, sequence_losses
 from sakura_nexus.models.serialization import pack_state, unpack_state
-from sakura_nexus.models.toy import toy_sequences
+from sakura_nexus.testing.toy import toy_sequences
 
 torch.set_num_threads(1)
 
@@ -375,7 +375,7 @@ def test_online_learning_reduces_surprise_in_a_changed_cell(tmp_path):
     """The shipped model drives 3 sim-minutes in a held-out layout at floor friction 0.1 (training saw
     0.6-1.0) with the node's default learning budget. Online learning must cut both the held-out
     one-step error at that friction and the stream surprise against a frozen copy (figure written)."""
-    from sakura_nexus.models.adaptation import run_adaptation
+    from sakura_nexus.experiments.adaptation import run_adaptation
 
     r = run_adaptation(out_dir=str(tmp_path), friction=0.1, minutes=3.0, progress=False)
     err = r["heldout_changed_normalised_error"]

@@ -1,9 +1,6 @@
 """Motion policy core (ROS-free): safety layer, latent-space MPPI planner, go-to-goal baseline,
 closed-loop episode runner. See docs/control.md."""
 
-# The CLI module ``sakura_nexus.control.evaluate`` shares its name with the function ``evaluate``:
-# import the module first so that the function below is what the package attribute stays bound to.
-from . import evaluate as _evaluate_cli  # noqa: F401
 from .baseline import GoToGoal, GoToGoalConfig
 from .episode import (
     Controller,

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sakura_nexus.geometry import sdf_np
 from sakura_nexus.sim.layout import ROBOT_RADIUS
-
-from .standin import sdf_np
 
 __all__ = ["CostToGo"]
 

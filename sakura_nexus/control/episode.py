@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from sakura_nexus.geometry import segment_blocked
 from sakura_nexus.sim.layout import ROBOT_RADIUS
 
 from .baseline import GoToGoal, GoToGoalConfig
 from .planner import MPPIConfig, MPPIPlanner
 from .safety import SafetyLayer, SafetyLimits, goal_reached
-from .standin import segment_blocked
 
 __all__ = ["ControlOutput", "Controller", "EpisodeResult", "GoToGoalController", "LatentMPCController",
            "Observation", "StateMPCController", "control_step", "evaluate", "run_episode", "sample_task"]
@@ -250,18 +250,16 @@ def sample_task(cell, rng: np.random.Generator, min_distance: float = 2.5, prefe
     return fallback
 
 
-def evaluate(n_episodes: int = 50, seed: int = 0, controller_factory: Callable | None = None,
-             cell_factory: Callable | None = None, max_time: float = 60.0, limits: SafetyLimits | None = None,
+def evaluate(n_episodes: int, seed: int, controller_factory: Callable | None, cell_factory: Callable,
+             max_time: float = 60.0, limits: SafetyLimits | None = None,
              min_distance: float = 2.5, dt: float = 0.1, new_layout_each: bool = True,
              progress: Callable | None = None) -> dict:
     """Success rate / collisions / times over ``n_episodes`` randomised start-goal pairs.
 
-    ``cell_factory(seed) -> cell`` (default: :class:`KinematicCell`), ``controller_factory(cell) ->
-    controller`` (default: go-to-goal). Layout ``seed + i`` per episode (``new_layout_each``); tasks
+    ``cell_factory(seed) -> cell`` (a ``sakura_nexus.sim.FactoryCell``, or the tests' kinematic stand-in
+    ``sakura_nexus.testing.standin.KinematicCell``), ``controller_factory(cell) -> controller`` (None:
+    go-to-goal). Layout ``seed + i`` per episode (``new_layout_each``); tasks
     prefer start/goal pairs whose straight line is blocked by an obstacle."""
-    from .standin import KinematicCell
-
-    cell_factory = cell_factory or (lambda s: KinematicCell(seed=s))
     controller_factory = controller_factory or (lambda cell: GoToGoalController())
     limits = limits or SafetyLimits(control_period=dt)
     cell = None

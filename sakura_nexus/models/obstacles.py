@@ -48,7 +48,7 @@ class RangeConfig:
 def true_ranges(obstacles, size: float, pose, cfg: RangeConfig | None = None, step: float = 0.02) -> np.ndarray:
     """Free distance from the camera along each bearing to the first obstacle footprint or wall face
     (the simulator's ground truth, clipped to ``max_range``)."""
-    from sakura_nexus.control.standin import sdf_np
+    from sakura_nexus.geometry import sdf_np
 
     cfg = cfg or RangeConfig()
     x, y, yaw = (float(v) for v in pose)

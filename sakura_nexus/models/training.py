@@ -350,7 +350,7 @@ def train(config: TrainConfig | None = None) -> dict:
             metrics["train_set_one_step_fvu"] = on_train["one_step_fvu"]
             metrics["uncertainty_off_distribution"] = uncertainty_on_off_distribution(enc, wm, test_data)
         if cfg.adaptation_minutes > 0:
-            from .adaptation import run_adaptation
+            from sakura_nexus.experiments.adaptation import run_adaptation
 
             with timer("adaptation"):
                 out = str(pathlib.Path(cfg.out_dir) / "adaptation")

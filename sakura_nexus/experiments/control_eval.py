@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from .episode import GoToGoalController, LatentMPCController, StateMPCController, evaluate
-from .planner import MPPIConfig
-from .safety import SafetyLimits
+from sakura_nexus.control.episode import GoToGoalController, LatentMPCController, StateMPCController, evaluate
+from sakura_nexus.control.planner import MPPIConfig
+from sakura_nexus.control.safety import SafetyLimits
 
 CONTROLLERS = ("go_to_goal", "mpc", "mpc_map", "kinematic_mpc", "learned_mpc")
 
@@ -66,8 +66,8 @@ def _real_setup(checkpoint: str | None, map_clearance: float | None):
 
 def _prior_factory(name: str, cfg: MPPIConfig, limits: SafetyLimits):
     """kinematic_mpc / learned_mpc with the cell map (the evaluation suite compares them per condition)."""
-    from .kinematic import UnicycleConfig
-    from .learned import KinematicMPC, LearnedMPC
+    from sakura_nexus.control.kinematic import UnicycleConfig
+    from sakura_nexus.control.learned import KinematicMPC, LearnedMPC
 
     ucfg = UnicycleConfig.from_limits(limits)
     head = None
@@ -86,7 +86,7 @@ def _prior_factory(name: str, cfg: MPPIConfig, limits: SafetyLimits):
 
 
 def _standin_setup():
-    from .standin import KinematicCell, StandInWorldModel
+    from sakura_nexus.testing.standin import KinematicCell, StandInWorldModel
 
     def mpc_factory(cfg: MPPIConfig, use_map: bool):
         def make(cell):
@@ -117,12 +117,11 @@ def model_diagnostics(checkpoint: str | None = None, n: int = 300, seed: int = 1
     and the AUROC / recall at 0.5 of the rollout risk for contact ahead (what the planner uses)."""
     import torch
 
+    from sakura_nexus.control.episode import _to_tensor
+    from sakura_nexus.geometry import sdf_np
     from sakura_nexus.models import inference_encoder, load_checkpoint
     from sakura_nexus.sim import CellConfig, FactoryCell
     from sakura_nexus.sim.layout import ROBOT_RADIUS
-
-    from .episode import _to_tensor
-    from .standin import sdf_np
 
     ck = load_checkpoint(checkpoint)
     enc, wm = inference_encoder(ck.encoder), ck.world_model.eval()
@@ -206,7 +205,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     import sys
 
     if "--suite" in (sys.argv[1:] if argv is None else argv):
-        from .suite import suite_main
+        from sakura_nexus.experiments.suite import suite_main
         return suite_main(argv)
     p = argparse.ArgumentParser(prog="sakura-nexus evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=50)

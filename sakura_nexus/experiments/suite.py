@@ -75,7 +75,7 @@ def _route_points(obstacles, size, start, goal, step: float = 0.05) -> np.ndarra
     """The map planner's route: descend the geodesic cost-to-go from start to goal."""
     import torch
 
-    from .costmap import CostToGo
+    from sakura_nexus.control.costmap import CostToGo
 
     ctg = CostToGo(obstacles, size, goal, radius=ROBOT_RADIUS + 0.1)
     p = np.array(start[:2], dtype=float)
@@ -92,7 +92,7 @@ def _route_points(obstacles, size, start, goal, step: float = 0.05) -> np.ndarra
 
 
 def _reachable(obstacles, size, start, goal) -> bool:
-    from .costmap import CostToGo
+    from sakura_nexus.control.costmap import CostToGo
 
     ctg = CostToGo(obstacles, size, goal, radius=ROBOT_RADIUS + 0.02, band=0.0, blocked_cost=1e4)
     return ctg(start[0], start[1]) < 100.0
@@ -101,10 +101,9 @@ def _reachable(obstacles, size, start, goal) -> bool:
 def make_task(condition: str, seed: int, episode: int):
     """(cell config, start, goal, blocked, extra obstacles, mover plan) for one episode: the start/goal
     pair is the same for every condition of a layout (paired across conditions too)."""
+    from sakura_nexus.control.episode import sample_task
     from sakura_nexus.sim import FactoryCell
     from sakura_nexus.sim.layout import Obstacle, free_distance
-
-    from .episode import sample_task
 
     base = FactoryCell(_cell_config("nominal", seed), camera_width=16, camera_height=16)
     rng = np.random.default_rng(np.random.SeedSequence([seed, episode, 13]))
@@ -171,10 +170,9 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
                       limits=None) -> dict:
     """One episode (same loop as :func:`~sakura_nexus.control.episode.run_episode`, plus the mover, the
     clearance bookkeeping and the executed trajectory for the tracking error)."""
+    from sakura_nexus.control.episode import control_step
+    from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
     from sakura_nexus.sim.layout import free_distance
-
-    from .episode import control_step
-    from .safety import SafetyLayer, SafetyLimits, goal_reached
 
     limits = limits or SafetyLimits(control_period=dt)
     safety = SafetyLayer(limits)
@@ -229,7 +227,7 @@ def run_suite_episode(cell, controller, start, goal, mover=None, max_time: float
 def tracking_error(model, episodes: list, horizon: int = 15, stride: int = 5) -> float | None:
     """Mean position error [m] at ``horizon`` steps of ``model``'s open-loop prediction under the
     commands that were really executed, over every ``stride``-th step of the episodes' paths."""
-    from .kinematic import rollout_poses
+    from sakura_nexus.control.kinematic import rollout_poses
 
     errs = []
     for e in episodes:
@@ -247,10 +245,9 @@ class _Setup:
     def __init__(self, range_head_path: str | None = None):
         import torch
 
+        from sakura_nexus.control.planner import MPPIConfig
+        from sakura_nexus.control.safety import SafetyLimits
         from sakura_nexus.models.obstacles import load_range_head
-
-        from .planner import MPPIConfig
-        from .safety import SafetyLimits
 
         torch.set_num_threads(1)
         from sakura_nexus.paths import models_dir
@@ -260,8 +257,8 @@ class _Setup:
         self.limits = SafetyLimits(control_period=0.1)
 
     def controller(self, kind: str, cell_map, residual=None):
-        from .kinematic import UnicycleConfig
-        from .learned import KinematicMPC, LearnedMPC
+        from sakura_nexus.control.kinematic import UnicycleConfig
+        from sakura_nexus.control.learned import KinematicMPC, LearnedMPC
 
         ucfg = UnicycleConfig.from_limits(self.limits)
         if kind == "kinematic_mpc":
@@ -273,11 +270,10 @@ class _Setup:
 def adapt(setup: _Setup, condition: str, seconds: float, seed: int = ADAPT_SEED):
     """Ordinary driving (random goals, map on, learning on) for ``seconds`` sim-seconds with the
     robot of ``condition`` in layouts ``seed``..: returns the adapted residual model."""
+    from sakura_nexus.control.episode import run_episode, sample_task
+    from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleConfig
+    from sakura_nexus.control.learned import LearnedMPC
     from sakura_nexus.sim import FactoryCell
-
-    from .episode import run_episode, sample_task
-    from .kinematic import ResidualUnicycle, UnicycleConfig
-    from .learned import LearnedMPC
 
     residual = ResidualUnicycle(UnicycleConfig.from_limits(setup.limits))
     driven, k = 0.0, 0
@@ -307,10 +303,9 @@ def _run_job(job: dict) -> dict:
     """One (condition, controller) over all episodes; run in a worker process."""
     import torch
 
+    from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
     from sakura_nexus.sim import FactoryCell
     from sakura_nexus.sim.layout import Obstacle
-
-    from .kinematic import ResidualUnicycle, UnicycleConfig, UnicycleModel
 
     setup = _Setup(job.get("range_head"))
     cond, kind = job["condition"], job["controller"]
@@ -367,10 +362,9 @@ def familiarity(range_head, seed: int = HELD_OUT_SEED, layouts: int = 20, per_la
     """The range head's uncertainty and error on held-out layouts as trained (lighting 0.7-1.3) and
     on scenes unlike its training data (lighting x0.25 and x2.5), with the share of frames at which the
     safety layer's ``uncertainty_slow`` (0.5) would slow the robot down."""
+    from sakura_nexus.control.episode import _to_tensor
     from sakura_nexus.models.obstacles import true_ranges
     from sakura_nexus.sim import CellConfig, FactoryCell
-
-    from .episode import _to_tensor
 
     out = {}
     for name, light in (("familiar", None), ("dark_x0.25", 0.25), ("bright_x2.5", 2.5)):

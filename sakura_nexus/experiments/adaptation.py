@@ -21,12 +21,12 @@ import sys
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import MODEL_DT, ExplorationPolicy, Trajectories, collect, proprio_of
-from .evaluation import embed_frames
-from .losses import prediction_error
-from .online import OnlineLearner, Transition
-from .world_model import WorldModel
+from sakura_nexus.models.checkpoint import Checkpoint, load_checkpoint
+from sakura_nexus.models.data import MODEL_DT, ExplorationPolicy, Trajectories, collect, proprio_of
+from sakura_nexus.models.evaluation import embed_frames
+from sakura_nexus.models.losses import prediction_error
+from sakura_nexus.models.online import OnlineLearner, Transition
+from sakura_nexus.models.world_model import WorldModel
 
 
 @torch.no_grad()
@@ -190,7 +190,7 @@ def plot_adaptation(log: dict, evals: list[dict], result: dict, path: pathlib.Pa
 
 
 def adaptation_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sakura_nexus.models.adaptation",
+    p = argparse.ArgumentParser(prog="python -m sakura_nexus.experiments.adaptation",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--models", default=None, help="checkpoint directory (default: shipped models/)")
     p.add_argument("--out", default="out/adaptation")

@@ -20,42 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sakura_nexus.geometry import wrap_angles
+from sakura_nexus.geometry import Box, box_corners, sdf_np, wrap_angles
 from sakura_nexus.sim.layout import ROBOT_RADIUS
 
-__all__ = ["Box", "KinematicCell", "StandInWorldModel", "random_layout", "sdf_np", "segment_blocked"]
+__all__ = ["KinematicCell", "StandInWorldModel", "random_layout"]
 
-
-
-@dataclass(frozen=True)
-class Box:
-    x: float
-    y: float
-    sx: float            # full extents, like sakura_nexus.sim.Obstacle
-    sy: float
-    yaw: float
-    kind: str = "box"
-
-
-def sdf_np(px, py, obstacles, size: float) -> np.ndarray:
-    """Signed distance from points to the nearest obstacle footprint or wall face (cell centred at 0)."""
-    px, py = np.asarray(px, dtype=float), np.asarray(py, dtype=float)
-    half = size / 2
-    d = np.minimum(half - np.abs(px), half - np.abs(py))
-    for ob in obstacles:
-        c, s = math.cos(ob.yaw), math.sin(ob.yaw)
-        dx, dy = px - ob.x, py - ob.y
-        qx, qy = np.abs(dx * c + dy * s) - ob.sx / 2, np.abs(-dx * s + dy * c) - ob.sy / 2
-        out = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
-        d = np.minimum(d, out + np.minimum(np.maximum(qx, qy), 0))
-    return d
-
-
-def segment_blocked(a, b, obstacles, size: float, radius: float = ROBOT_RADIUS, step: float = 0.05) -> bool:
-    """True if a disc of ``radius`` swept along the segment a->b touches an obstacle or wall."""
-    n = max(2, int(math.hypot(b[0] - a[0], b[1] - a[1]) / step) + 1)
-    t = np.linspace(0.0, 1.0, n)
-    return bool((sdf_np(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]), obstacles, size) < radius).any())
 
 
 def random_layout(seed: int, n_obstacles: int | None = None, size: float = 6.0,
@@ -76,17 +45,11 @@ def random_layout(seed: int, n_obstacles: int | None = None, size: float = 6.0,
         lim = size / 2 - r - gap
         x, y = rng.uniform(-lim, lim, 2)
         cand = Box(float(x), float(y), float(sx), float(sy), float(yaw), kind)
-        corners = _corners(cand)
+        corners = box_corners(cand)
         if all(sdf_np(corners[:, 0], corners[:, 1], [o], size).min() >= gap
-               and sdf_np(_corners(o)[:, 0], _corners(o)[:, 1], [cand], size).min() >= gap for o in boxes):
+               and sdf_np(box_corners(o)[:, 0], box_corners(o)[:, 1], [cand], size).min() >= gap for o in boxes):
             boxes.append(cand)
     return boxes
-
-
-def _corners(b: Box) -> np.ndarray:
-    c, s = math.cos(b.yaw), math.sin(b.yaw)
-    loc = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * [b.sx / 2, b.sy / 2]
-    return loc @ np.array([[c, -s], [s, c]]).T + [b.x, b.y]
 
 
 @dataclass(frozen=True)
