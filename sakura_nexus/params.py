@@ -327,7 +327,7 @@ POLICY = NodeSchema(
 )
 
 # The core settings that policy_node parameters set: {core dataclass: {its field: parameter}}. The node builds
-# SafetyLimits / MPPIConfig from this map (core_kwargs); test/test_settings.py checks that each parameter's default
+# SafetyLimits / MPPIConfig from this map (core_kwargs); test/unit/test_settings.py checks that each parameter's default
 # equals the dataclass default, except where POLICY_TUNED says why the node's differs.
 POLICY_CORE = {
     "SafetyLimits": {n: n for n in (

@@ -11,7 +11,7 @@ own ``SelfComposedDpEvent`` does) and the conversion to (epsilon, delta) is the 
 :func:`compute_rdp` / :func:`rdp_to_epsilon` are an independent, hand-written implementation of the
 same mathematics (Mironov, Talwar, Zhang 2019: exact binomial expansion for integer orders, the
 two-sided erfc series for fractional ones). **They are a cross-check only**: nothing in the project
-accounts with them; ``test/test_federated_privacy.py`` requires them to agree with the library
+accounts with them; ``test/unit/test_federated_privacy.py`` requires them to agree with the library
 within 1 % and checks both against direct numerical integration. Where they differ it is at small
 fractional orders, where the library's series gives up (logged by absl, the order is excluded) or
 sums absolute values (a looser bound); the library's figure is the one reported.

@@ -1,4 +1,4 @@
-"""The demo harness (`sakura-nexus demo`, test/test_e2e.py, bench/bench_closed_loop.py, bench/bench_soak.py):
+"""The demo harness (`sakura-nexus demo`, test/e2e/test_e2e.py, bench/bench_closed_loop.py, bench/bench_soak.py):
 the MuJoCo factory cell and the sakura_nexus nodes as separate processes, driven through a sequence of
 goals from an in-process mission node, with a report (PNG + JSON). It runs beside the robot stack, never in it.
 

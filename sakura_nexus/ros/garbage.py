@@ -1,6 +1,6 @@
 """Malformed messages for every input of the robot's graph, and a process that publishes them.
 
-Used by the fuzz test (test/test_fuzz_inputs.py) and the soak (bench/bench_soak.py): every message made
+Used by the fuzz test (test/e2e/test_fuzz_inputs.py) and the soak (bench/bench_soak.py): every message made
 here is malformed in a way a node can tell from the message alone (wrong sizes, NaN/Inf, absurd
 magnitudes, wrong frames, stamps from a foreign clock far in the future, unsigned or wrongly signed model
 updates, undecodable deltas), so every one must end as a drop reason in the receiving node's

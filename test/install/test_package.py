@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORE_DIRS = ["sim", "models", "control", "federated", "bags", "experiments", "testing"]
 ROS_DIRS = {"ros", "nodes", "msg"}
 # the demo harness' rclpy modules (the mission node, the pipeline it runs in, the `demo` command); the rest of

@@ -18,7 +18,7 @@ def test_every_custom_message_round_trips_exactly(ros_node):
     expected = samples()
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     got = {topic: ros_node.collect(type(m), topic, qos) for topic, m in expected.items()}
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # test/: msg_publisher.py
     pub = subprocess.Popen([sys.executable, os.path.join(here, "msg_publisher.py"), "20"], cwd=here,
                            env={**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

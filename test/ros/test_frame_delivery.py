@@ -17,7 +17,7 @@ from helpers import wait_for
 
 from sakura_nexus.bringup import FASTDDS_PROFILE_VARS, fastdds_generation, fastdds_profile_env
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # test/: the support scripts
 FRAMES, RATE_HZ, MIN_DELIVERED = 300, 30.0, 0.95
 
 

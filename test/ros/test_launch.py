@@ -17,7 +17,7 @@ from helpers import NodeProcess
 
 from sakura_nexus import bringup
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "config" / "nexus.yaml"
 pytestmark = pytest.mark.ros
 

@@ -12,7 +12,7 @@ import yaml
 from sakura_nexus.sim import BRIDGED_TOPICS, TOPICS, CellConfig, export_sdf, generate_layout
 from sakura_nexus.sim.sdf import GZ_TOPICS
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORLD = ROOT / "worlds" / "factory_cell.sdf"
 BRIDGE = ROOT / "config" / "gz_bridge.yaml"
 

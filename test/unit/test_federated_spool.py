@@ -19,7 +19,7 @@ import pytest
 from sakura_nexus.federated.codecs import decode, encode
 from sakura_nexus.federated.spool import Spool, SpoolFull
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 2000
 
 

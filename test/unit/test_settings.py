@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10 (Humble)
 from sakura_nexus.federated.fleet_defaults import FLEET
 from sakura_nexus.params import BY_NODE, FEDERATED_SYNC, POLICY, POLICY_CORE, POLICY_TUNED, SIM, WORLD_MODEL
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOML = ROOT / "sakura_nexus" / "federated" / "flwr_app.toml"
 
 # Run-config keys read directly by the ServerApp (flower_app._initial_model / _server_main), with the default

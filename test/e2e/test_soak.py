@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_two_minute_soak(tmp_path):

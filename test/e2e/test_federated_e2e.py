@@ -36,7 +36,7 @@ from sakura_nexus.federated.launcher import (
 from sakura_nexus.federated.spool import Spool
 
 pytest.importorskip("flwr")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def wait_for(pred, timeout: float, period: float = 0.5) -> bool:
@@ -167,7 +167,7 @@ def test_e2e_cli_tls_auth_fleet_sync_with_attacker(tmp_path, procs):
 
 
 # Outage length: ~1 minute in the suite; the documented manual run (docs/federated.md) uses 600 s:
-#   SAKURA_OUTAGE_S=600 python -m pytest -q test/test_federated_e2e.py -k outage
+#   SAKURA_OUTAGE_S=600 python -m pytest -q test/e2e/test_federated_e2e.py -k outage
 OUTAGE_S = float(os.environ.get("SAKURA_OUTAGE_S", "60"))
 
 

@@ -16,7 +16,7 @@ import torch
 from sakura_nexus import geometry
 from sakura_nexus.geometry import quaternion_from_yaw, set_yaw, wrap_angle, wrap_angles, yaw_from_quaternion, yaw_of
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_wrap_angles_float_numpy_torch_agree_and_stay_in_range():
