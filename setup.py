@@ -26,7 +26,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "rosbags>=0.10",  # pure-Python rosbag2 reader/writer: `train --bag`, `inspect` (no ROS needed)
-        # the privacy accountant (Google's; sakura_nexus.federated.privacy)
+        # the privacy accountant (Google's; sakura_nexus.federated.common.privacy)
         "dp-accounting>=0.4",
     ],
     extras_require={

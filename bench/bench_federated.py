@@ -58,7 +58,7 @@ def timed(fn, reps: int) -> list[float]:
 
 
 def bench_codecs(n: int, reps: int) -> dict:
-    from sakura_nexus.federated.codecs import ErrorFeedback, decode, encode
+    from sakura_nexus.federated.common.codecs import ErrorFeedback, decode, encode
 
     rng = np.random.default_rng(0)
     x = realistic_delta(n, rng)
@@ -84,8 +84,8 @@ def bench_codecs(n: int, reps: int) -> dict:
 
 
 def bench_aggregator(n: int, updates: int) -> dict:
-    from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
-    from sakura_nexus.federated.codecs import encode
+    from sakura_nexus.federated.common.codecs import encode
+    from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
 
     rng = np.random.default_rng(1)
     payloads = {c: [encode(realistic_delta(n, rng), c) for _ in range(8)] for c in ("dense", "topk0.01+q8")}
@@ -116,8 +116,8 @@ def bench_aggregator(n: int, updates: int) -> dict:
 
 
 def bench_spool(n: int, appends: int) -> dict:
-    from sakura_nexus.federated.codecs import encode
-    from sakura_nexus.federated.spool import Spool
+    from sakura_nexus.federated.common.codecs import encode
+    from sakura_nexus.federated.robot.spool import Spool
 
     rng = np.random.default_rng(2)
     out = {}
@@ -173,9 +173,11 @@ def _role(cmd: str) -> str:
 
 
 def bench_flower(n: int) -> dict:
-    from sakura_nexus.federated.codecs import encode
-    from sakura_nexus.federated.launcher import AggregatorProcess, flower_env, free_port, supernode_command
-    from sakura_nexus.federated.spool import Spool
+    from sakura_nexus.federated.common.codecs import encode
+    from sakura_nexus.federated.common.flower_cli import flower_env, free_port
+    from sakura_nexus.federated.fleet.superlink import AggregatorProcess
+    from sakura_nexus.federated.robot.spool import Spool
+    from sakura_nexus.federated.robot.supernode import supernode_command
 
     tmp = tempfile.mkdtemp(prefix="bench_flwr_")
     rng = np.random.default_rng(3)

@@ -142,7 +142,7 @@ def run(args) -> dict:
     from rosgraph_msgs.msg import Clock
 
     from sakura_nexus import bringup
-    from sakura_nexus.federated.launcher import wait_healthy
+    from sakura_nexus.federated.common.flower_cli import wait_healthy
     from sakura_nexus.harness.goals import pick_goals
     from sakura_nexus.harness.pipeline import Pipeline
     from sakura_nexus.ros.garbage import TOPICS
@@ -376,7 +376,7 @@ def _time(t: float):
 
 
 def _spool(d: pathlib.Path) -> dict:
-    from sakura_nexus.federated.spool import DB_NAME, Spool
+    from sakura_nexus.federated.robot.spool import DB_NAME, Spool
 
     st = Spool(str(d)).stats() if (d / DB_NAME).exists() else {}
     return {"appended": st.get("appended", 0), "acked": st.get("acked", 0), "duplicates": st.get("duplicates", 0),
@@ -384,7 +384,7 @@ def _spool(d: pathlib.Path) -> dict:
 
 
 def _aggregator_state(d: pathlib.Path) -> dict:
-    from sakura_nexus.federated.aggregator import STORE_DB, GlobalModelStore
+    from sakura_nexus.federated.fleet.aggregator import STORE_DB, GlobalModelStore
 
     for path in sorted(glob.glob(str(d / "**" / STORE_DB), recursive=True)):
         st = GlobalModelStore(os.path.dirname(path)).load_state()

@@ -49,15 +49,11 @@ def _ticks(pid: int) -> tuple[int, str, int] | None:
 
 
 def measure(variant: str, seconds: float, sync_interval: float, delta_every: float) -> dict:
-    from sakura_nexus.federated.launcher import (
-        SuperNodeSupervisor,
-        aggregator_command,
-        descendants,
-        free_port,
-        kill_tree,
-        wait_healthy,
-    )
-    from sakura_nexus.federated.spool import Spool
+    from sakura_nexus.federated.common.flower_cli import free_port, wait_healthy
+    from sakura_nexus.federated.fleet.superlink import aggregator_command
+    from sakura_nexus.federated.robot.spool import Spool
+    from sakura_nexus.federated.robot.supernode import SuperNodeSupervisor
+    from sakura_nexus.process import descendants, kill_tree
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"sync_cost_{variant}_"))
     port = free_port()
@@ -157,7 +153,7 @@ def measure(variant: str, seconds: float, sync_interval: float, delta_every: flo
 
 def _delta_payload() -> bytes:
     """A delta of the shipped world model's size in the robot's upstream codec."""
-    from sakura_nexus.federated.codecs import encode
+    from sakura_nexus.federated.common.codecs import encode
     from sakura_nexus.models.checkpoint import load_checkpoint
 
     n = load_checkpoint(None).world_model.num_parameters()

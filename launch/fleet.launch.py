@@ -12,7 +12,7 @@ so the initial global model equals the robots' base weights and version:
     sakura-nexus aggregator --store-dir <aggregator_dir> --host <host of superlink> --port <its port>
         --buffer-size <buffer_size> --clip-norm 10.0 --sync-interval 2.0 --init-world-model <checkpoint|shipped>
 
-(robots, buffer_size, superlink, clip norm and sync interval: sakura_nexus.federated.fleet_defaults.FLEET).
+(robots, buffer_size, superlink, clip norm and sync interval: sakura_nexus.federated.fleet.fleet_defaults.FLEET).
 
 Its state (checkpoints, de-dup table, status.json, logs) persists in ``aggregator_dir``: a relaunch
 resumes the global model and version from there. The fleet's model-signing key pair is
@@ -28,9 +28,9 @@ from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchD
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
-from sakura_nexus.federated.fleet_defaults import FLEET
-from sakura_nexus.federated.launcher import aggregator_command
-from sakura_nexus.federated.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
+from sakura_nexus.federated.common.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
+from sakura_nexus.federated.fleet.fleet_defaults import FLEET
+from sakura_nexus.federated.fleet.superlink import aggregator_command
 
 
 def _fleet_keys(context) -> tuple[str, str]:

@@ -136,7 +136,7 @@ class SpinningNode:
 
 def signed_update(signer, model_id: str, version: int, payload: bytes, codec: str = "state-dict-v1",
                   tamper: dict | None = None):
-    """A ModelUpdate signed by ``signer`` (sakura_nexus.federated.signing.Signer; None = unsigned); ``tamper``
+    """A ModelUpdate signed by ``signer`` (sakura_nexus.federated.common.signing.Signer; None = unsigned); ``tamper``
     replaces fields after signing."""
     from sakura_nexus.models.serialization import sha256_hex
     from sakura_nexus.msg import ModelUpdate

@@ -442,7 +442,7 @@ class _Runner:
     def dpsgd_noise(self) -> float:
         """The DP-SGD noise multiplier: ``cfg.dpsgd_noise`` or the smallest keeping every site's epsilon
         <= ``cfg.dpsgd_epsilon`` (delta ``cfg.dp_delta``) over all its steps (the run's full horizon)."""
-        from sakura_nexus.federated.privacy import noise_for_epsilon
+        from sakura_nexus.federated.common.privacy import noise_for_epsilon
         from sakura_nexus.models.online import _round_up_2sig
 
         cfg = self.cfg
@@ -453,7 +453,7 @@ class _Runner:
         return noise_for_epsilon(cfg.dpsgd_epsilon, q, cfg.rounds * _dp_steps(cfg), cfg.dp_delta)
 
     def fedavg(self) -> dict:
-        from sakura_nexus.federated.weights import vector_to_payload, world_model_vector
+        from sakura_nexus.federated.common.weights import vector_to_payload, world_model_vector
 
         cfg = self.cfg
         learners = [_make_learner(self.base, cfg, [t], cfg.seed + i) for i, t in enumerate(self.data["train"])]
@@ -488,10 +488,10 @@ class _Runner:
         ``apply_global`` the robot adds it back, so its next delta (taken against the global base)
         contains it, and it is not learned a second time; ``"off"`` = it is dropped.
         Only ``cfg.exchange`` coordinates are exchanged (default: the trainable ones)."""
-        from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
-        from sakura_nexus.federated.codecs import ErrorFeedback
-        from sakura_nexus.federated.privacy import LocalPrivatizer, l2norm
-        from sakura_nexus.federated.weights import vector_to_payload, world_model_vector
+        from sakura_nexus.federated.common.codecs import ErrorFeedback
+        from sakura_nexus.federated.common.privacy import LocalPrivatizer, l2norm
+        from sakura_nexus.federated.common.weights import vector_to_payload, world_model_vector
+        from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
         from sakura_nexus.models.world_model import world_model_from_bytes
 
         cfg = self.cfg
@@ -688,7 +688,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str, *, progress: bool = True
 
 def _epsilon_table(cfg: ExperimentConfig) -> dict:
     """Epsilon (delta = cfg.dp_delta) after cfg.rounds releases for a few noise multipliers."""
-    from sakura_nexus.federated.privacy import RDPAccountant
+    from sakura_nexus.federated.common.privacy import RDPAccountant
 
     out = {}
     for z in (0.5, 1.0, 2.0, 4.0, 8.0):

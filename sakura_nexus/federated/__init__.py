@@ -1,8 +1,28 @@
-"""Federated fleet sync (ROS-free): delta codecs, clipping/DP, durable spool, FedBuff aggregation,
-and the Flower 1.42 ServerApp/ClientApp + launchers (``flower_app``/``launcher``, imported lazily so the
-core does not need flwr)."""
+"""Federated fleet sync (ROS-free), by side of the wire: ``robot/`` (spool, uplink, SuperNode, ClientApp),
+``fleet/`` (FedBuff aggregation and model store, ServerApps, SuperLink launcher), ``common/`` (codecs,
+durable state, privacy, protocol, signing, weights, Flower plumbing). The Flower modules are imported
+lazily, so the core does not need flwr; the names below are the ROS-free core's."""
 
-from .aggregator import (
+from sakura_nexus.federated.common.codecs import (
+    CodecError,
+    ErrorFeedback,
+    codec_id,
+    decode,
+    encode,
+    flatten_tensors,
+    get_codec,
+    unflatten,
+)
+from sakura_nexus.federated.common.egress import EgressReport, check_egress
+from sakura_nexus.federated.common.privacy import (
+    GaussianDP,
+    LocalPrivatizer,
+    RDPAccountant,
+    add_gaussian_noise,
+    clip_l2,
+    compute_rdp,
+)
+from sakura_nexus.federated.fleet.aggregator import (
     FedBuffAggregator,
     FedBuffConfig,
     GlobalModelStore,
@@ -11,10 +31,7 @@ from .aggregator import (
     staleness_weight,
     trimmed_mean,
 )
-from .codecs import CodecError, ErrorFeedback, codec_id, decode, encode, flatten_tensors, get_codec, unflatten
-from .egress import EgressReport, check_egress
-from .privacy import GaussianDP, LocalPrivatizer, RDPAccountant, add_gaussian_noise, clip_l2, compute_rdp
-from .spool import Inbox, Spool, SpoolEntry, SpoolFull
+from sakura_nexus.federated.robot.spool import Inbox, Spool, SpoolEntry, SpoolFull
 
 __all__ = [
     "CodecError",

@@ -5,7 +5,8 @@ Same as ``sakura-nexus aggregator|supernode``.
 
 import sys
 
-from .launcher import aggregator_main, supernode_main
+from sakura_nexus.federated.fleet.superlink import aggregator_main
+from sakura_nexus.federated.robot.supernode import supernode_main
 
 
 def main(argv: list[str] | None = None) -> int:

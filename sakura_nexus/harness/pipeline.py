@@ -149,7 +149,7 @@ class Pipeline:
 
 def _fleet_keys(out: pathlib.Path) -> tuple[str, str]:
     """(private key, trusted-keys file) of the demo fleet, in <out>/state/keys (new for every output dir)."""
-    from sakura_nexus.federated.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
+    from sakura_nexus.federated.common.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
 
     d = out / "state" / "keys"
     if (d / PRIVATE_NAME).exists() and (d / PUBLIC_NAME).exists():
@@ -160,7 +160,8 @@ def _fleet_keys(out: pathlib.Path) -> tuple[str, str]:
 def _start_fleet(sup: Supervisor, out: pathlib.Path, keys: tuple[str, str]) -> None:
     """Aggregator (starting from the robots' shipped world model, signing with ``keys[0]``) + this robot's
     sync node (trusting ``keys[1]``)."""
-    from sakura_nexus.federated.launcher import aggregator_command, free_port, wait_healthy
+    from sakura_nexus.federated.common.flower_cli import free_port, wait_healthy
+    from sakura_nexus.federated.fleet.superlink import aggregator_command
 
     port = free_port()
     sup.start_command("aggregator", aggregator_command(str(out / "state" / "aggregator"), port=port,

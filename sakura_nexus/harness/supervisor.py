@@ -59,7 +59,7 @@ class Supervisor:
         """``kill -9`` the process (what it started survives, as after a real crash: the sync node's
         restart finds and ends a stale SuperNode); ``tree``: everything it started too (the aggregator's
         SuperLink and ServerApp, which run in sessions of their own: the whole host going down)."""
-        from sakura_nexus.federated.launcher import descendants
+        from sakura_nexus.process import descendants
 
         p = self.procs[name]
         for pid in [p.pid, *(descendants(p.pid) if tree else [])]:
@@ -100,7 +100,7 @@ class Supervisor:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 # the aggregator's SuperLink/ServerApp run in sessions of their own: kill the whole tree
-                from sakura_nexus.federated.launcher import kill_tree
+                from sakura_nexus.process import kill_tree
 
                 kill_tree(p.pid)
                 with contextlib.suppress(ProcessLookupError):

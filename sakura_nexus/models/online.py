@@ -18,7 +18,7 @@ significant digits, so the buffer filling up costs a bounded number of accountan
 per-sample gradients come from ``torch.func`` (``vmap(grad(...))`` over the one-sample loss), each
 is clipped to L2 norm ``dp_clip_norm``, their sum gets ``N(0, (z C)^2)`` noise and is divided by the
 *expected* batch size ``q * N``; Adam then steps on that noisy gradient (post-processing). Every step
-is one Poisson-subsampled Gaussian release in the ledger (:class:`~sakura_nexus.federated.privacy.
+is one Poisson-subsampled Gaussian release in the ledger (:class:`~sakura_nexus.federated.common.privacy.
 RDPAccountant`, Google's ``dp-accounting``), counted for every record as if it had been in the buffer
 since the ledger began (an upper bound: a record evicted from the FIFO spends nothing afterwards).
 With ``dp_epsilon_budget > 0`` a step that would take epsilon (at ``dp_delta``) above the budget is
@@ -198,7 +198,7 @@ class OnlineLearner:
         # record-level DP-SGD (see the module docstring)
         if dp_noise_multiplier < 0 or dp_clip_norm <= 0 or not 0 < dp_delta < 1 or dp_epsilon_budget < 0:
             raise ValueError("dp_noise_multiplier >= 0, dp_clip_norm > 0, 0 < dp_delta < 1, budget >= 0")
-        from sakura_nexus.federated.privacy import RDPAccountant
+        from sakura_nexus.federated.common.privacy import RDPAccountant
 
         self.dp_noise_multiplier, self.dp_clip_norm = float(dp_noise_multiplier), float(dp_clip_norm)
         self.dp_delta, self.dp_epsilon_budget = float(dp_delta), float(dp_epsilon_budget)
@@ -453,7 +453,7 @@ class OnlineLearner:
     def restore_dp_ledger(self, ledger: dict) -> None:
         """Adopt a persisted ledger if it has at least as many releases as the current one (ledgers only
         grow: a restart must never forget privacy already spent)."""
-        from sakura_nexus.federated.privacy import RDPAccountant
+        from sakura_nexus.federated.common.privacy import RDPAccountant
 
         with self.lock:
             other = RDPAccountant.from_state_dict(ledger)

@@ -2,7 +2,7 @@
 global models out. Thin adapter over :mod:`sakura_nexus.federated` (see docs/federated.md).
 
 - ``model_delta`` (reliable): the cumulative weight change world_model_node publishes every
-  ``delta_period``. :class:`~sakura_nexus.federated.uplink.DeltaUplink` turns it into an increment,
+  ``delta_period``. :class:`~sakura_nexus.federated.robot.uplink.DeltaUplink` turns it into an increment,
   L2-clips it (``clip_norm``), adds local Gaussian noise if ``local_noise_std`` > 0 (accounted),
   encodes it with ``codec`` through error feedback (residual kept on the robot, persisted in the spool
   directory) and appends it durably to the spool under ``(robot_id, sequence)``; a sequence seen
@@ -13,7 +13,7 @@ global models out. Thin adapter over :mod:`sakura_nexus.federated` (see docs/fed
   of weight deltas (``egress_audit_dir`` keeps a copy of every upstream message for audit).
 - Every ``poll_period``: a newer global model in the inbox is checked like every model update (the
   aggregator's Ed25519 signature by a key in ``trusted_keys``, sha256, newer version:
-  :mod:`sakura_nexus.federated.signing`), its flat vector checked against the ``checkpoint``'s
+  :mod:`sakura_nexus.federated.common.signing`), its flat vector checked against the ``checkpoint``'s
   parameter count, and published unchanged, with the aggregator's signature, on ``model_update``
   (codec ``flat-vector-v1``, transient-local), so world_model_node and policy_node verify and
   hot-swap it themselves; ``sync_status`` reports the link.
@@ -28,12 +28,12 @@ import time
 
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
-from sakura_nexus.federated.codecs import CodecError, decode
-from sakura_nexus.federated.durable import check_robot_id
-from sakura_nexus.federated.launcher import SuperNodeSupervisor
-from sakura_nexus.federated.spool import Spool
-from sakura_nexus.federated.uplink import DeltaUplink
-from sakura_nexus.federated.weights import FLAT_VECTOR
+from sakura_nexus.federated.common.codecs import CodecError, decode
+from sakura_nexus.federated.common.durable import check_robot_id
+from sakura_nexus.federated.common.weights import FLAT_VECTOR
+from sakura_nexus.federated.robot.spool import Spool
+from sakura_nexus.federated.robot.supernode import SuperNodeSupervisor
+from sakura_nexus.federated.robot.uplink import DeltaUplink
 from sakura_nexus.msg import ModelDelta, ModelUpdate, SyncStatus
 from sakura_nexus.params import FEDERATED_SYNC
 from sakura_nexus.ros.node import ERROR, OK, WARN, NexusNode, run
@@ -103,7 +103,7 @@ class FederatedSyncNode(NexusNode):
         try:
             import torch
 
-            from sakura_nexus.federated.weights import load_world_model
+            from sakura_nexus.federated.common.weights import load_world_model
 
             torch.set_num_threads(1)
             self._template = load_world_model(p.checkpoint or None)

@@ -29,7 +29,7 @@ from sakura_nexus.control.kinematic import ResidualUnicycle, UnicycleConfig, Uni
 from sakura_nexus.control.learned import SeenObstacles
 from sakura_nexus.control.planner import MPPIConfig, MPPIPlanner
 from sakura_nexus.control.safety import SafetyLayer, SafetyLimits, goal_reached
-from sakura_nexus.federated.weights import update_to_world_model_payload
+from sakura_nexus.federated.common.weights import update_to_world_model_payload
 from sakura_nexus.geometry import set_yaw
 from sakura_nexus.geometry import yaw_of as _yaw
 from sakura_nexus.models.checkpoint import load_world_model  # manifest-verified, like every loader

@@ -39,8 +39,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from std_msgs.msg import Bool
 
-from sakura_nexus.federated import codecs
-from sakura_nexus.federated.weights import update_to_world_model_payload
+from sakura_nexus.federated.common import codecs
+from sakura_nexus.federated.common.weights import update_to_world_model_payload
 from sakura_nexus.geometry import yaw_of as _yaw
 from sakura_nexus.models.checkpoint import load_checkpoint
 from sakura_nexus.models.online import OnlineLearner, Transition

@@ -202,7 +202,7 @@ class Garbage:
     def _model_delta(self, m):
         import numpy as np
 
-        from sakura_nexus.federated import codecs
+        from sakura_nexus.federated.common import codecs
 
         m.model_id, m.base_version, m.sequence = "world_model", 1, 1 + self._pick(10)
         m.codec, m.sample_count, m.dp_delta = "dense-f32-v1", 10, 1e-5

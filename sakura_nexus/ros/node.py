@@ -4,7 +4,7 @@
   (:mod:`sakura_nexus.params`), with a diagnostics publisher on ``/diagnostics`` whose counters
   every node uses for dropped / invalid inputs, and a ``drop()`` helper that logs each reason at most
   once per second (:meth:`NexusNode.log_throttled`); the one model-update check every node runs
-  (:meth:`NexusNode.accept_model_update`, signatures: :mod:`sakura_nexus.federated.signing`) and the
+  (:meth:`NexusNode.accept_model_update`, signatures: :mod:`sakura_nexus.federated.common.signing`) and the
   clock-fault checks of the nodes that align inputs by stamp (:mod:`sakura_nexus.clock_guard`).
   Every subscription callback is wrapped by :meth:`NexusNode.input` so each input topic has its own
   ledger in diagnostics (``input/<topic>``: ``received`` = ``accepted`` + every drop reason + ``ignored``),
@@ -393,7 +393,7 @@ class NexusNode(LifecycleNode):
         trusted fleet key, intact, for ``model_id`` and newer than ``current_version``. Refusals are
         counted as ``dropped_model_update_<reason>`` and logged (once per second per reason); updates
         for another node's model are only counted (``model_update_other_model``)."""
-        from sakura_nexus.federated.signing import UpdateGate
+        from sakura_nexus.federated.common.signing import UpdateGate
 
         if msg.model_id != model_id and msg.model_id in MODEL_IDS:
             self.diag.count("model_update_other_model")

@@ -23,17 +23,17 @@ import time
 import numpy as np
 import pytest
 
-from sakura_nexus.federated.codecs import ErrorFeedback, encode
-from sakura_nexus.federated.egress import check_egress
-from sakura_nexus.federated.launcher import (
-    AggregatorProcess,
+from sakura_nexus.federated.common.codecs import ErrorFeedback, encode
+from sakura_nexus.federated.common.egress import check_egress
+from sakura_nexus.federated.common.flower_cli import (
     flower_env,
     free_port,
     generate_dev_certificates,
     generate_supernode_keys,
-    supernode_command,
 )
-from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.fleet.superlink import AggregatorProcess
+from sakura_nexus.federated.robot.spool import Spool
+from sakura_nexus.federated.robot.supernode import supernode_command
 
 pytest.importorskip("flwr")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -222,7 +222,7 @@ def test_e2e_outage_every_spooled_delta_applied_exactly_once(tmp_path, procs):
     c = st["counters"]
     assert c["accepted_deltas"] == total and c.get("rejected", 0) == 0
     assert st["version"] == total  # buffer-size 1: one version per delta
-    from sakura_nexus.federated.aggregator import GlobalModelStore
+    from sakura_nexus.federated.fleet.aggregator import GlobalModelStore
 
     _, model = GlobalModelStore(store).load_model()
     expected = np.zeros(n, np.float32)

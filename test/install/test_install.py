@@ -58,7 +58,7 @@ def test_pip_install_core_in_fresh_venv_without_ros(tmp_path):
     subprocess.run(pip + [str(src)], check=True, env=_clean_env(), timeout=900)
     code = ("import importlib, sys\n"
             "import sakura_nexus, sakura_nexus.params, sakura_nexus.cli\n"
-            "for m in ('sakura_nexus.models', 'sakura_nexus.control', 'sakura_nexus.federated.codecs'):\n"
+            "for m in ('sakura_nexus.models', 'sakura_nexus.control', 'sakura_nexus.federated.common.codecs'):\n"
             "    try:\n        importlib.import_module(m)\n"
             "    except ModuleNotFoundError as e:\n"
             "        if e.name.startswith('sakura_nexus'): raise\n"

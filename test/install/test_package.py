@@ -62,6 +62,32 @@ def test_core_sources_never_import_ros():
     assert offenders == []
 
 
+def _imports(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_each_side_of_the_wire_imports_only_its_own_and_common_code():
+    """federated/robot/ (and the robot's nodes) never import federated/fleet/, fleet/ never imports robot/,
+    common/ neither; the library never imports the experiments or the test stand-ins."""
+    fed = ROOT / "sakura_nexus" / "federated"
+    rules = [(fed / "robot", ("sakura_nexus.federated.fleet",)),
+             (ROOT / "sakura_nexus" / "nodes", ("sakura_nexus.federated.fleet",)),
+             (fed / "fleet", ("sakura_nexus.federated.robot",)),
+             (fed / "common", ("sakura_nexus.federated.robot", "sakura_nexus.federated.fleet"))]
+    library = [d for d in (ROOT / "sakura_nexus").iterdir() if d.is_dir() and d.name not in ("experiments", "testing")]
+    offenders = [f"{path.relative_to(ROOT)}: {m}" for folder, banned in rules for path in folder.rglob("*.py")
+                 for m in _imports(path) if m.startswith(banned)]
+    offenders += [f"{path.relative_to(ROOT)}: {m}" for d in library for path in d.rglob("*.py")
+                  for m in _imports(path) if m.startswith(("sakura_nexus.testing", "sakura_nexus.experiments"))
+                  and not (path.name == "training.py" and m == "sakura_nexus.experiments.adaptation")
+                  and not (path.name == "cli.py")]
+    assert offenders == [], offenders
+
+
 def test_importing_the_core_does_not_load_rclpy():
     mods = ["sakura_nexus", "sakura_nexus.params", "sakura_nexus.cli"] + [
         f"sakura_nexus.{d}" for d in CORE_DIRS if (ROOT / "sakura_nexus" / d / "__init__.py").exists()]

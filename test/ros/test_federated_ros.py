@@ -112,22 +112,22 @@ def _status(store):
 
 def _flat(payload: bytes) -> np.ndarray:
     """The flat weight vector of a model_update payload (flat-vector-v1: the aggregator's signed global model)."""
-    from sakura_nexus.federated.codecs import decode
+    from sakura_nexus.federated.common.codecs import decode
 
     return decode(payload)
 
 
 def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp_path, fast_flower):
-    from sakura_nexus.federated.aggregator import GlobalModelStore
-    from sakura_nexus.federated.egress import check_egress, load_audit
-    from sakura_nexus.federated.launcher import free_port, wait_healthy
+    from sakura_nexus.federated.common.egress import check_egress, load_audit
+    from sakura_nexus.federated.common.flower_cli import free_port, wait_healthy
+    from sakura_nexus.federated.fleet.aggregator import GlobalModelStore
     from sakura_nexus.msg import ModelDelta, ModelUpdate, SyncStatus, WorldState
     from sakura_nexus.ros.qos import model_qos
 
     t0 = time.monotonic()
     ckpt_dir, n_params = ckpt
     robots = ("robot1", "robot2")
-    from sakura_nexus.federated.signing import generate_keys
+    from sakura_nexus.federated.common.signing import generate_keys
 
     store, port = str(tmp_path / "agg"), free_port()
     signing_key, trusted = generate_keys(str(tmp_path / "keys"))  # the aggregator signs, the robots trust
@@ -258,7 +258,7 @@ def test_two_robots_learn_sync_and_hot_swap_the_global_model(ros_node, ckpt, tmp
         assert not os.path.exists(tmp_path / f"spool_{r}" / "supernode.pid.json"), r
     # the exchanges ran in light_clientapp's warm ClientApp server (a fork each, no cold start), and the
     # server went with its SuperNode
-    from sakura_nexus.federated.light_clientapp import SOCKET_ENV, robot_flower_env
+    from sakura_nexus.federated.robot.light_clientapp import SOCKET_ENV, robot_flower_env
 
     for r in robots:
         home = str(tmp_path / f"spool_{r}" / "flwr-home")
@@ -297,7 +297,7 @@ class DeltaSource:
         self.seq = 0
 
     def publish(self, seq=None):
-        from sakura_nexus.federated.codecs import encode
+        from sakura_nexus.federated.common.codecs import encode
         from sakura_nexus.msg import ModelDelta
 
         if seq is None:
@@ -323,15 +323,15 @@ def _pidfile(spool_dir):
 
 
 def _alive(pid):
-    from sakura_nexus.federated.launcher import _is_zombie, _proc_start_ticks
+    from sakura_nexus.process import is_zombie, proc_start_ticks
 
-    return _proc_start_ticks(pid) is not None and not _is_zombie(pid)
+    return proc_start_ticks(pid) is not None and not is_zombie(pid)
 
 
 def test_kill9_mid_append_loses_nothing_spooled(ros_node, ckpt, tmp_path, fast_flower):
-    from sakura_nexus.federated.codecs import decode
-    from sakura_nexus.federated.launcher import free_port
-    from sakura_nexus.federated.spool import Spool
+    from sakura_nexus.federated.common.codecs import decode
+    from sakura_nexus.federated.common.flower_cli import free_port
+    from sakura_nexus.federated.robot.spool import Spool
 
     ckpt_dir, n_params = ckpt
     spool_dir = str(tmp_path / "spool")

@@ -308,7 +308,7 @@ def test_compressed_images_embed_like_raw_and_fuzzed_ones_are_all_counted(ros_no
 
 
 def test_live_parameters_and_hot_swap(ros_node, encoder_files):
-    from sakura_nexus.federated.signing import Signer, generate_keys
+    from sakura_nexus.federated.common.signing import Signer, generate_keys
 
     keydir = encoder_files[0].parent / "keys_hot_swap"
     signer, trusted = Signer.load(generate_keys(str(keydir))[0]), str(keydir / "fleet_keys.pub")

@@ -206,7 +206,7 @@ def test_log_flood_absurd_goals_and_signed_updates(ros_node, wm_file, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
 
-    from sakura_nexus.federated.signing import Signer, generate_keys
+    from sakura_nexus.federated.common.signing import Signer, generate_keys
     from sakura_nexus.models.serialization import sha256_hex
     from sakura_nexus.models.world_model import WorldModel, world_model_to_bytes
     from sakura_nexus.msg import ModelUpdate

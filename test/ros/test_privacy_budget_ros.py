@@ -30,7 +30,7 @@ def _spooled(out: str) -> list[int]:
 def test_budget_exhaustion_stops_the_robot_sending_and_sync_status_says_why(ros_node, ckpt_dir, tmp_path):
     from test_world_model_node import Feed
 
-    from sakura_nexus.federated.launcher import free_port
+    from sakura_nexus.federated.common.flower_cli import free_port
     from sakura_nexus.msg import ModelDelta, SyncStatus
 
     budget = 6.0

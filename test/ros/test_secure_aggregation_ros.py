@@ -57,7 +57,7 @@ class Deltas(threading.Thread):
         self.lock = threading.Lock()
 
     def run(self):
-        from sakura_nexus.federated.codecs import encode
+        from sakura_nexus.federated.common.codecs import encode
         from sakura_nexus.msg import ModelDelta
 
         while not self.stop.is_set():
@@ -105,11 +105,12 @@ def _files(root):
 def test_three_robots_secure_aggregation_with_a_dropout(ros_node, tmp_path, fast_flower):
     import torch
 
-    from sakura_nexus.federated.aggregator import GlobalModelStore
-    from sakura_nexus.federated.launcher import free_port, kill_tree, wait_healthy
-    from sakura_nexus.federated.signing import generate_keys
+    from sakura_nexus.federated.common.flower_cli import free_port, wait_healthy
+    from sakura_nexus.federated.common.signing import generate_keys
+    from sakura_nexus.federated.fleet.aggregator import GlobalModelStore
     from sakura_nexus.models.world_model import WorldModel, world_model_to_bytes
     from sakura_nexus.msg import ModelUpdate
+    from sakura_nexus.process import kill_tree
     from sakura_nexus.ros.qos import model_qos
 
     t0 = time.monotonic()
@@ -117,7 +118,7 @@ def test_three_robots_secure_aggregation_with_a_dropout(ros_node, tmp_path, fast
     ckpt_dir = tmp_path / "wm"
     ckpt_dir.mkdir()
     (ckpt_dir / "world_model.bin").write_bytes(world_model_to_bytes(WorldModel(version=1)))
-    from sakura_nexus.federated.weights import world_model_vector
+    from sakura_nexus.federated.common.weights import world_model_vector
 
     init = world_model_vector(WorldModel(version=1)).astype(np.float32)
     assert init.size == N

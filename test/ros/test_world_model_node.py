@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ros
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """(signer, trusted-keys file) of a fleet key, and a second key the robot does not trust."""
-    from sakura_nexus.federated.signing import Signer, generate_keys
+    from sakura_nexus.federated.common.signing import Signer, generate_keys
 
     priv, pub = generate_keys(str(tmp_path_factory.mktemp("keys")))
     other, _ = generate_keys(str(tmp_path_factory.mktemp("attacker")))
@@ -117,7 +117,7 @@ def test_alignment_deltas_and_model_update(ros_node, ckpt_dir, fleet):
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] >= 1
         d = feed.deltas[-1]
         assert d.base_version == 1 and d.sample_count > 0 and 0 < d.l2_norm < 100 and np.isfinite(d.local_loss)
-        from sakura_nexus.federated import codecs
+        from sakura_nexus.federated.common import codecs
 
         decoded = codecs.decode(bytes(d.payload))
         assert abs(float(np.linalg.norm(decoded)) - d.l2_norm) < 1e-3 * max(1.0, d.l2_norm)

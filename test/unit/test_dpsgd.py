@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sakura_nexus.federated.privacy import RDPAccountant
+from sakura_nexus.federated.common.privacy import RDPAccountant
 from sakura_nexus.models import WorldModel
 from sakura_nexus.models.online import OnlineLearner, Transition, _round_up_2sig
 

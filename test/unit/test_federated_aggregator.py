@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sakura_nexus.federated.aggregator import (
+from sakura_nexus.federated.common.codecs import decode, encode
+from sakura_nexus.federated.common.egress import check_egress
+from sakura_nexus.federated.fleet.aggregator import (
     FedBuffAggregator,
     FedBuffConfig,
     GlobalModelStore,
@@ -14,9 +16,7 @@ from sakura_nexus.federated.aggregator import (
     staleness_weight,
     trimmed_mean,
 )
-from sakura_nexus.federated.codecs import decode, encode
-from sakura_nexus.federated.egress import check_egress
-from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.robot.spool import Spool
 
 N = 64
 
@@ -329,7 +329,7 @@ class FakeGrid:
     def pull_messages(self, message_ids):
         from flwr.app import Context, RecordDict
 
-        from sakura_nexus.federated.flower_app import _client_sync
+        from sakura_nexus.federated.robot.clientapp import _client_sync
 
         out = []
         for mid in list(message_ids):
@@ -347,7 +347,7 @@ class FakeGrid:
 
 
 def test_server_loop_async_offline_robot_acks_and_lost_messages(tmp_path, task_identity):
-    from sakura_nexus.federated.flower_app import FedBuffServerLoop, ServerOptions
+    from sakura_nexus.federated.fleet.serverapp import FedBuffServerLoop, ServerOptions
 
     spools = {r: Spool(str(tmp_path / r)) for r in ("r1", "r2")}
     grid = FakeGrid({1: {"spool-dir": spools["r1"].dir, "robot-id": "r1"},
@@ -426,7 +426,7 @@ def test_egress_check_accepts_deltas_and_flags_images_embeddings():
 PUBLISH_KILLER = r"""
 import os, signal, sys
 import numpy as np
-from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
+from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
 agg = FedBuffAggregator(None, FedBuffConfig(buffer_size=2, staleness_exponent=0.0), store_dir=sys.argv[1])
 ran = []
 def before_statement(sql):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sakura_nexus.federated.codecs import (
+from sakura_nexus.federated.common.codecs import (
     CodecError,
     ErrorFeedback,
     codec_id,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sakura_nexus.federated.privacy import (
+from sakura_nexus.federated.common.privacy import (
     GaussianDP,
     LocalPrivatizer,
     RDPAccountant,
@@ -172,7 +172,7 @@ def test_accountant_is_the_library_and_the_handwritten_cross_check_agrees(z, q, 
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant as LibRdp
 
-    from sakura_nexus.federated.privacy import DEFAULT_ORDERS
+    from sakura_nexus.federated.common.privacy import DEFAULT_ORDERS
 
     # the library, used the documented way (SelfComposedDpEvent of a Poisson-sampled Gaussian)
     event = dp_accounting.GaussianDpEvent(z)
@@ -194,7 +194,7 @@ def test_accountant_is_the_library_and_the_handwritten_cross_check_agrees(z, q, 
 
 
 def test_noise_for_epsilon_and_steps_within():
-    from sakura_nexus.federated.privacy import noise_for_epsilon
+    from sakura_nexus.federated.common.privacy import noise_for_epsilon
 
     z = noise_for_epsilon(8.0, 32 / 300, 1200)
     acc = RDPAccountant()

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from sakura_nexus.federated.codecs import decode, encode
-from sakura_nexus.federated.spool import Spool, SpoolFull
+from sakura_nexus.federated.common.codecs import decode, encode
+from sakura_nexus.federated.robot.spool import Spool, SpoolFull
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 2000
@@ -149,7 +149,7 @@ def test_full_policy_drop_oldest_and_reject(tmp_path):
 
 
 def test_rejects_non_codec_payloads(tmp_path):
-    from sakura_nexus.federated.codecs import CodecError
+    from sakura_nexus.federated.common.codecs import CodecError
 
     sp = Spool(str(tmp_path))
     with pytest.raises(CodecError):
@@ -161,7 +161,7 @@ def test_rejects_non_codec_payloads(tmp_path):
 
 
 def test_corrupt_entry_is_quarantined_not_read(tmp_path):
-    from sakura_nexus.federated.spool import SpoolError
+    from sakura_nexus.federated.robot.spool import SpoolError
 
     sp = Spool(str(tmp_path))
     for s in (1, 2, 3):
@@ -206,8 +206,8 @@ WRITER = r"""
 import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[3])
-from sakura_nexus.federated.spool import Spool
-from sakura_nexus.federated.codecs import encode
+from sakura_nexus.federated.robot.spool import Spool
+from sakura_nexus.federated.common.codecs import encode
 d, max_bytes = sys.argv[1], int(sys.argv[2])
 n = 200_000
 sp = Spool(d, max_bytes=max_bytes, policy="merge")
@@ -259,8 +259,8 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_append(tmp_path, trial, max
 
 ACK_KILLER = r"""
 import os, signal, sys
-from sakura_nexus.federated.protocol import parse_ack
-from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.common.protocol import parse_ack
+from sakura_nexus.federated.robot.spool import Spool
 d, k, acks = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 sp = Spool(d)
 ran = []
@@ -276,8 +276,8 @@ os.kill(os.getpid(), signal.SIGKILL)  # k past its last statement: killed after 
 
 def _exchange_until_drained(sp, agg, acks):
     """The ClientApp (``handle_sync``) against a real aggregator, acking what it processed, until empty."""
-    from sakura_nexus.federated.flower_app import handle_sync
-    from sakura_nexus.federated.protocol import SyncRequest, format_ack
+    from sakura_nexus.federated.common.protocol import SyncRequest, format_ack
+    from sakura_nexus.federated.robot.clientapp import handle_sync
 
     for _ in range(20):
         reply = handle_sync(SyncRequest(global_version=agg.version, acks=acks, max_batch=2), sp, "r1")
@@ -298,9 +298,9 @@ def test_sigkill_inside_an_ack_loses_nothing_and_delivers_nothing_twice(tmp_path
     de-dup ranges not yet written — and once after ack() returned. Reopened, the spool holds the ack
     entirely or not at all; the next exchanges against a real FedBuffAggregator drain it with every delta
     applied exactly once (an ack that died is re-sent, refused as a duplicate by the aggregator, re-acked)."""
-    from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig
-    from sakura_nexus.federated.flower_app import handle_sync
-    from sakura_nexus.federated.protocol import SyncRequest, format_ack
+    from sakura_nexus.federated.common.protocol import SyncRequest, format_ack
+    from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
+    from sakura_nexus.federated.robot.clientapp import handle_sync
 
     n = 64
 
@@ -463,8 +463,8 @@ def test_file_format_spool_migrates_on_first_open(tmp_path):
 
 MIGRATION_KILLER = r"""
 import os, signal, sys
-import sakura_nexus.federated.durable as durable
-from sakura_nexus.federated.spool import Spool
+import sakura_nexus.federated.common.durable as durable
+from sakura_nexus.federated.robot.spool import Spool
 opened = durable.Database._open
 inserts = []
 def before_statement(sql):
@@ -496,7 +496,7 @@ def test_sigkill_during_the_migration_leaves_the_old_spool_intact(tmp_path):
 
 ACKER = r"""
 import os, sys, time
-from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.robot.spool import Spool
 d = sys.argv[1]
 sp = Spool(d)
 acked = 0

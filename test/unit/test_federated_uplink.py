@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from sakura_nexus.federated import FedBuffAggregator, FedBuffConfig, Spool, check_egress, decode, encode
-from sakura_nexus.federated.egress import load_audit, write_audit
-from sakura_nexus.federated.launcher import SuperNodeSupervisor, _ephemeral_range, _proc_start_ticks, free_port
-from sakura_nexus.federated.uplink import DeltaUplink
+from sakura_nexus.federated.common.egress import load_audit, write_audit
+from sakura_nexus.federated.common.flower_cli import _ephemeral_range, free_port
+from sakura_nexus.federated.robot.supernode import SuperNodeSupervisor
+from sakura_nexus.federated.robot.uplink import DeltaUplink
+from sakura_nexus.process import proc_start_ticks
 
 N = 500
 
@@ -139,7 +141,7 @@ def test_crash_between_state_write_and_append_rolls_back(tmp_path, monkeypatch):
 
 def test_world_model_vector_round_trip_and_init_model(tmp_path):
     torch = pytest.importorskip("torch")
-    from sakura_nexus.federated.weights import vector_to_payload, world_model_vector, write_init_model
+    from sakura_nexus.federated.common.weights import vector_to_payload, world_model_vector, write_init_model
     from sakura_nexus.models.world_model import WorldModel, world_model_from_bytes, world_model_to_bytes
 
     torch.manual_seed(0)
@@ -198,13 +200,13 @@ def _fake_supernode(tmp_path):
 
 
 def _alive(pid):
-    from sakura_nexus.federated.launcher import _is_zombie
+    from sakura_nexus.process import is_zombie
 
-    return _proc_start_ticks(pid) is not None and not _is_zombie(pid)
+    return proc_start_ticks(pid) is not None and not is_zombie(pid)
 
 
 def test_supernode_supervisor_restarts_kills_stale_and_stops_the_tree(tmp_path):
-    from sakura_nexus.federated.launcher import descendants
+    from sakura_nexus.process import descendants
 
     sup = _fake_supernode(tmp_path)
     sup.start()

@@ -16,7 +16,7 @@ pytest.importorskip("mujoco")
 @pytest.mark.slow
 def test_fleet_experiment_quick(tmp_path):
     from sakura_nexus.experiments.fleet import METHODS, experiment_main
-    from sakura_nexus.federated.privacy import RDPAccountant
+    from sakura_nexus.federated.common.privacy import RDPAccountant
 
     out = tmp_path / "fleet"
     t0, c0 = time.time(), time.process_time()

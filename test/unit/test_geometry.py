@@ -77,7 +77,7 @@ def test_no_copies_of_the_geometry_left_in_the_library():
 
 def test_atomic_write_is_one_function(tmp_path):
     from sakura_nexus import atomic
-    from sakura_nexus.federated import durable
+    from sakura_nexus.federated.common import durable
     from sakura_nexus.models import serialization
 
     assert durable.atomic_write is serialization.atomic_write is atomic.atomic_write
@@ -100,7 +100,7 @@ def tampered_models(tmp_path):
 
 
 def test_every_checkpoint_loader_checks_the_manifest(tampered_models):
-    from sakura_nexus.federated.weights import load_world_model as sync_loader
+    from sakura_nexus.federated.common.weights import load_world_model as sync_loader
     from sakura_nexus.models.checkpoint import load_checkpoint, load_encoder, load_world_model
     from sakura_nexus.models.serialization import PayloadError
 

@@ -1,4 +1,4 @@
-"""The robot's light ClientApp launcher (sakura_nexus.federated.light_clientapp): the `flwr-clientapp`
+"""The robot's light ClientApp launcher (sakura_nexus.federated.robot.light_clientapp): the `flwr-clientapp`
 command on the SuperNode's PATH and its warm, forking server. The exchange itself (Flower's
 run_clientapp against a real SuperNode, through SuperNodeSupervisor) runs in test_federated_ros.py and
 test_secure_aggregation_ros.py (federated_sync_node); test_federated_e2e.py runs Flower's own command."""
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from sakura_nexus.federated import light_clientapp as lc
+from sakura_nexus.federated.robot import light_clientapp as lc
 
 
 def test_robot_flower_env_puts_the_light_command_first_on_path(tmp_path):
@@ -83,13 +83,13 @@ def test_launcher_takes_the_warm_path_and_the_exchange_writes_to_the_launchers_s
 
 
 def test_the_server_command_serves_and_exits_with_its_owner(tmp_path):
-    # `python -m sakura_nexus.federated.light_clientapp --serve` is what SuperNodeSupervisor starts: it must
+    # `python -m sakura_nexus.federated.robot.light_clientapp --serve` is what SuperNodeSupervisor starts: it must
     # import the ClientApp runtime and listen (a module without a __main__ entry exited at once, silently,
     # and every exchange then ran cold)
     home = tmp_path / "flwr-home"
     env = lc.robot_flower_env(str(home), base=dict(os.environ))
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    srv = subprocess.Popen([sys.executable, "-m", "sakura_nexus.federated.light_clientapp", "--serve",
+    srv = subprocess.Popen([sys.executable, "-m", "sakura_nexus.federated.robot.light_clientapp", "--serve",
                             env[lc.SOCKET_ENV], str(owner.pid)], env=env)
     try:
         deadline = time.monotonic() + 25

@@ -9,13 +9,14 @@ import os
 import numpy as np
 import pytest
 
-from sakura_nexus.federated.aggregator import FedBuffAggregator, FedBuffConfig, GlobalModelStore
-from sakura_nexus.federated.codecs import encode
-from sakura_nexus.federated.spool import Spool
+from sakura_nexus.federated.common.codecs import encode
+from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig, GlobalModelStore
+from sakura_nexus.federated.robot.spool import Spool
 
 
 def test_contribution_is_the_clipped_sum_of_unacked_deltas(tmp_path):
-    from sakura_nexus.federated.flower_app import _parse_ranges, _ranges, secure_contribution
+    from sakura_nexus.federated.common.flower_records import format_ranges, parse_ranges
+    from sakura_nexus.federated.robot.clientapp import secure_contribution
 
     sp = Spool(str(tmp_path / "spool"))
     rng = np.random.default_rng(0)
@@ -26,7 +27,7 @@ def test_contribution_is_the_clipped_sum_of_unacked_deltas(tmp_path):
     assert rid == "r1" and [e.seq for e in used] == [1, 2, 3]
     np.testing.assert_allclose(vec, np.clip(ds[0] + ds[1] + ds[2], -0.5, 0.5), atol=1e-6)
     assert info["deltas"] == 3 and info["samples"] == 60 and info["clipped"] == int(np.sum(np.abs(sum(ds)) > 0.5))
-    assert _parse_ranges(_ranges(used)) == [(1, 1), (2, 2), (3, 3)]
+    assert parse_ranges(format_ranges(used)) == [(1, 1), (2, 2), (3, 3)]
     sp.ack([("r1", 1), ("r1", 2)])
     _, vec, used, _ = secure_contribution(sp, "r1", 50, clip=10.0)
     assert [e.seq for e in used] == [3]
@@ -65,7 +66,7 @@ def test_group_mean_is_applied_once_and_nothing_per_robot_is_stored(tmp_path):
 
 
 def test_secure_mode_refuses_central_dp():
-    from sakura_nexus.federated.flower_app import SecureServerLoop, ServerOptions
+    from sakura_nexus.federated.fleet.serverapp import SecureServerLoop, ServerOptions
 
     agg = FedBuffAggregator(np.zeros(4, np.float32), FedBuffConfig(dp_noise_multiplier=1.0, clip_norm=1.0))
     with pytest.raises(ValueError, match="exclusive"):
@@ -73,13 +74,14 @@ def test_secure_mode_refuses_central_dp():
 
 
 def test_secure_fab_names_the_secure_apps(tmp_path):
-    from sakura_nexus.federated import flower_app
-    from sakura_nexus.federated.launcher import materialise_app
+    from sakura_nexus.federated.common.flower_cli import materialise_app
+    from sakura_nexus.federated.fleet import serverapp
+    from sakura_nexus.federated.robot import clientapp
 
     text = open(os.path.join(materialise_app(str(tmp_path / "a"), secure=True), "pyproject.toml")).read()
-    assert 'serverapp = "sakura_nexus.federated.flower_app:secure_server_app"' in text
-    assert 'clientapp = "sakura_nexus.federated.flower_app:secure_client_app"' in text
+    assert 'serverapp = "sakura_nexus.federated.fleet.serverapp:secure_server_app"' in text
+    assert 'clientapp = "sakura_nexus.federated.robot.clientapp:secure_client_app"' in text
     assert "secure-min-group" in text
     plain = open(os.path.join(materialise_app(str(tmp_path / "b")), "pyproject.toml")).read()
-    assert 'flower_app:server_app"' in plain and "secure_server_app" not in plain
-    assert flower_app.secure_server_app is not None and flower_app.secure_client_app is not None
+    assert 'serverapp:server_app"' in plain and "secure_server_app" not in plain
+    assert serverapp.secure_server_app is not None and clientapp.secure_client_app is not None

@@ -23,13 +23,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (Humble)
     tomllib = pytest.importorskip("tomli")
 
-from sakura_nexus.federated.fleet_defaults import FLEET
+from sakura_nexus.federated.fleet.fleet_defaults import FLEET
 from sakura_nexus.params import BY_NODE, FEDERATED_SYNC, POLICY, POLICY_CORE, POLICY_TUNED, SIM, WORLD_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOML = ROOT / "sakura_nexus" / "federated" / "flwr_app.toml"
 
-# Run-config keys read directly by the ServerApp (flower_app._initial_model / _server_main), with the default
+# Run-config keys read directly by the ServerApp (serverapp._initial_model / _server_main), with the default
 # the code falls back to; every other key is a field of FedBuffConfig or ServerOptions.
 _SERVERAPP_KEYS = {"model-size": 0, "init-model": "", "init-version": 0}
 
@@ -52,8 +52,8 @@ def _toml_config() -> dict:
 
 
 def test_flower_app_toml_restates_the_aggregator_defaults():
-    from sakura_nexus.federated.aggregator import FedBuffConfig
-    from sakura_nexus.federated.flower_app import ServerOptions
+    from sakura_nexus.federated.fleet.aggregator import FedBuffConfig
+    from sakura_nexus.federated.fleet.serverapp import ServerOptions
 
     fed, srv = _defaults(FedBuffConfig), _defaults(ServerOptions)
     wrong, unknown = [], []
@@ -80,8 +80,8 @@ def test_flower_app_toml_restates_the_aggregator_defaults():
 
 def test_every_aggregator_setting_is_in_the_toml():
     """Each FedBuffConfig / ServerOptions field a deployment sets is a run-config key of the Flower App."""
-    from sakura_nexus.federated.aggregator import FedBuffConfig
-    from sakura_nexus.federated.flower_app import ServerOptions
+    from sakura_nexus.federated.fleet.aggregator import FedBuffConfig
+    from sakura_nexus.federated.fleet.serverapp import ServerOptions
 
     keys = set(_toml_config())
     internal = {"keep_versions", "seed", "nodes_poll_s", "status_interval_s", "lock_timeout_s"}  # code-only knobs
@@ -91,7 +91,7 @@ def test_every_aggregator_setting_is_in_the_toml():
 
 
 def test_aggregator_cli_flags_name_toml_keys_with_their_types():
-    from sakura_nexus.federated.launcher import _RUN_FLAGS
+    from sakura_nexus.federated.fleet.superlink import _RUN_FLAGS
 
     cfg = _toml_config()
     for flag, key, typ in _RUN_FLAGS:
@@ -101,7 +101,8 @@ def test_aggregator_cli_flags_name_toml_keys_with_their_types():
 
 
 def test_fleet_defaults_reach_aggregator_command_launch_file_and_docs():
-    from sakura_nexus.federated.launcher import DEFAULT_PORT, aggregator_command
+    from sakura_nexus.federated.common.flower_cli import DEFAULT_PORT
+    from sakura_nexus.federated.fleet.superlink import aggregator_command
 
     sig = inspect.signature(aggregator_command).parameters
     assert sig["buffer_size"].default == FLEET.buffer_size

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sakura_nexus.clock_guard import BACKWARDS, FORWARDS, ClockGuard
-from sakura_nexus.federated import signing
-from sakura_nexus.federated.signing import Signer, UpdateGate, generate_keys, signed_text
+from sakura_nexus.federated.common import signing
+from sakura_nexus.federated.common.signing import Signer, UpdateGate, generate_keys, signed_text
 
 
 @pytest.fixture
@@ -119,11 +119,11 @@ def test_key_rotation_through_the_trusted_keys_file(tmp_path):
 
 
 def test_sync_protocol_and_inbox_carry_the_signature(keys, tmp_path):
-    from sakura_nexus.federated.codecs import encode
-    from sakura_nexus.federated.flower_app import handle_sync
-    from sakura_nexus.federated.protocol import SyncRequest
-    from sakura_nexus.federated.spool import Spool
-    from sakura_nexus.federated.weights import FLAT_VECTOR
+    from sakura_nexus.federated.common.codecs import encode
+    from sakura_nexus.federated.common.protocol import SyncRequest
+    from sakura_nexus.federated.common.weights import FLAT_VECTOR
+    from sakura_nexus.federated.robot.clientapp import handle_sync
+    from sakura_nexus.federated.robot.spool import Spool
 
     signer, pub = keys
     payload = encode(np.arange(10, dtype=np.float32), "dense")
@@ -148,8 +148,8 @@ def test_sync_protocol_and_inbox_carry_the_signature(keys, tmp_path):
 def test_flat_vector_update_becomes_the_running_models_payload():
     import torch
 
-    from sakura_nexus.federated.codecs import encode
-    from sakura_nexus.federated.weights import FLAT_VECTOR, update_to_world_model_payload, world_model_vector
+    from sakura_nexus.federated.common.codecs import encode
+    from sakura_nexus.federated.common.weights import FLAT_VECTOR, update_to_world_model_payload, world_model_vector
     from sakura_nexus.models.world_model import WorldModel, world_model_from_bytes
 
     torch.manual_seed(0)

@@ -1,20 +1,16 @@
-"""Flower 1.42 apps: the FedBuff ``server_app`` (aggregator) and the robot ``client_app`` (spool uplink).
+"""The aggregator's Flower 1.42 ServerApps: ``server_app`` (FedBuff) and ``secure_server_app`` (SecAgg+),
+referenced from ``flwr_app.toml`` as ``sakura_nexus.federated.fleet.serverapp:server_app``.
 
-Referenced from the Flower App config (``flwr_app.toml``) as
-``sakura_nexus.federated.flower_app:server_app`` / ``:client_app``; the FAB itself only carries that
-``pyproject.toml`` and the code comes from the installed ``sakura_nexus`` package, so nothing is
-downloaded at run time.
+FedBuff (one long-running Flower run, :class:`FedBuffServerLoop`): keeps one message in flight per
+connected SuperNode, pushes a new one ``sync-interval-s`` after the last reply (immediately if the robot
+said it has more), feeds every delta of every reply into :class:`FedBuffAggregator` (persisted in
+``store-dir``), and acknowledges the processed ``(robot, seq)`` ranges in the next message to that node. A
+node that is offline simply gets no messages; when it returns its spooled deltas are applied with their
+staleness weight. The global model goes out whenever a node's inbox is behind.
 
-ServerApp (long-running, one Flower run): keeps one message in flight per connected SuperNode, pushes
-a new one ``sync-interval-s`` after the last reply (immediately if the robot said it has more),
-feeds every delta of every reply into :class:`FedBuffAggregator` (persisted in ``store-dir``), and
-acknowledges the processed ``(robot, seq)`` ranges in the next message to that node. A node that is
-offline simply gets no messages; when it returns its spooled deltas are applied with their staleness
-weight. The global model goes out whenever a node's inbox is behind.
-
-ClientApp (short-lived process per message, started by the SuperNode): applies acks to the robot's
-spool, stores a new global model in the spool inbox, replies with the oldest pending deltas.
-All robot state lives in the spool directory owned by the ROS node.
+Secure mode (:class:`SecureServerLoop`, ``sakura-nexus aggregator --secure-aggregation``): synchronous
+rounds over every connected SuperNode; Flower's SecAgg+ masks the robots' summed deltas so the ServerApp
+only unmasks their mean over the group (docs/federated.md, "Secure aggregation").
 """
 
 from __future__ import annotations
@@ -27,103 +23,24 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from .aggregator import FedBuffAggregator, FedBuffConfig
-from .durable import atomic_write_json
-from .egress import write_audit
-from .protocol import MESSAGE_TYPE, DeltaItem, SyncReply, SyncRequest, format_ack, parse_ack
-from .spool import Spool
-
-LOG = logging.getLogger("sakura_nexus.federated")
-
-__all__ = ["ServerOptions", "client_app", "handle_sync", "server_app", "FedBuffServerLoop", "SecureServerLoop",
-           "secure_client_app", "secure_contribution", "secure_server_app"]
-
-
-# --------------------------------------------------------------------------- record conversion
-
-
-def _to_recorddict(recs: dict[str, dict]) -> RecordDict:
-    return RecordDict({k: ConfigRecord(v) for k, v in recs.items()})
-
-
-def _from_recorddict(rd: RecordDict) -> dict[str, dict]:
-    out = {}
-    for k in rd.keys():
-        with contextlib.suppress(TypeError, KeyError):
-            out[k] = dict(rd.config_records[k])
-    return out
-
-
-# --------------------------------------------------------------------------- client side
-
-
-def _cfg(context: Context, key: str, default=None):
-    for src in (context.node_config, context.run_config):
-        if key in src and src[key] != "":
-            return src[key]
-    return default
-
-
-def handle_sync(req: SyncRequest, spool: Spool, robot_id: str | None = None) -> SyncReply:
-    """Robot side of one exchange (Flower-free, so it is unit-testable): acks, inbox, next batch."""
-    if req.acks:
-        spool.ack([parse_ack(a) for a in req.acks])
-    if req.model_payload is not None:
-        # the signature travels with the model (federated_sync_node checks it before publishing)
-        spool.inbox.put(req.model_version, req.model_payload, model_id=req.model_id,
-                        meta={"key_id": req.model_key_id, "signature": req.model_signature.hex()})
-    rid = robot_id or ""
-    pending = spool.pending(robot_id)
-    if not rid and pending:
-        rid = pending[0].robot_id
-    pending = [e for e in pending if e.robot_id == rid]
-    batch: list[DeltaItem] = []
-    sent = []
-    size = 0
-    for e in pending:
-        if len(batch) >= req.max_batch or (batch and size + e.payload_len > req.max_batch_bytes):
-            break
-        try:
-            payload = spool.read(e)
-        except (OSError, ValueError, RuntimeError):  # vanished (acked meanwhile) or corrupt entry
-            continue
-        batch.append(DeltaItem(payload=payload, seq=e.seq, seq_first=e.seq_first, base_version=e.base_version,
-                               sample_count=e.sample_count, codec=e.codec))
-        sent.append(e)
-        size += len(payload)
-    if sent:
-        spool.mark_sent(sent)
-    spool.record_sync(bytes_sent=size, bytes_received=len(req.model_payload or b""),
-                      global_version=req.global_version)
-    return SyncReply(robot_id=rid, have_version=spool.inbox.latest_version(req.model_id), deltas=batch,
-                     more=len(pending) > len(batch), spool_pending=len(pending),
-                     spool_bytes=spool.bytes_used())
-
-
-client_app = ClientApp()
-
-
-@client_app.train()
-def _client_sync(msg: Message, context: Context) -> Message:
-    spool_dir = _cfg(context, "spool-dir")
-    if not spool_dir:
-        raise RuntimeError("node_config 'spool-dir' is not set "
-                           "(flower-supernode --node-config 'spool-dir=\"...\"')")
-    robot_id = _cfg(context, "robot-id") or None
-    req = SyncRequest.from_records(_from_recorddict(msg.content))
-    reply = handle_sync(req, Spool(str(spool_dir)), robot_id)
-    records = reply.to_records()
-    audit_dir = _cfg(context, "egress-audit-dir")
-    if audit_dir:  # a copy of exactly what goes upstream (federated_sync_node's egress_audit_dir)
-        write_audit(str(audit_dir), records, reply.robot_id)
-    return Message(_to_recorddict(records), reply_to=msg)
-
-
-# --------------------------------------------------------------------------- server side
+from sakura_nexus.federated.common.durable import atomic_write_json
+from sakura_nexus.federated.common.flower_records import (
+    LOG,
+    SECURE_WEIGHT,
+    from_recorddict,
+    parse_ranges,
+    to_recorddict,
+)
+from sakura_nexus.federated.common.protocol import (
+    MESSAGE_TYPE,
+    SyncReply,
+    SyncRequest,
+    format_ack,
+)
+from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
 
 
 @dataclass
@@ -162,7 +79,6 @@ class ServerOptions:
             raise ValueError("run config 'store-dir' is required")
         return cls(**kw)
 
-
 @dataclass
 class _Node:
     robot: str = ""
@@ -173,7 +89,6 @@ class _Node:
     inflight: str | None = None
     sent_at: float = 0.0
     last_online: float = 0.0
-
 
 class FedBuffServerLoop:
     """The asynchronous push/pull loop over a Flower ``Grid`` (see module docstring)."""
@@ -189,7 +104,7 @@ class FedBuffServerLoop:
         self.started = time.time()
         self.signer = None
         if opts.signing_key:
-            from .signing import Signer
+            from sakura_nexus.federated.common.signing import Signer
 
             self.signer = Signer.load(opts.signing_key)
             LOG.info("global models are signed with key %s", self.signer.key_id)
@@ -252,7 +167,7 @@ class FedBuffServerLoop:
                 if self.signer is not None:
                     req.model_key_id, req.model_signature = self.signer.key_id, self._sign(
                         self.agg.version, req.model_payload)
-            msgs.append(Message(_to_recorddict(req.to_records()), dst_node_id=nid, message_type=MESSAGE_TYPE,
+            msgs.append(Message(to_recorddict(req.to_records()), dst_node_id=nid, message_type=MESSAGE_TYPE,
                                 ttl=self.opts.message_ttl_s))
             targets.append((nid, len(req.model_payload or b"")))
         if not msgs:
@@ -268,7 +183,7 @@ class FedBuffServerLoop:
             self.stats["bytes_out"] += nbytes
 
     def _sign(self, version: int, payload: bytes) -> bytes:
-        from .weights import FLAT_VECTOR
+        from sakura_nexus.federated.common.weights import FLAT_VECTOR
 
         if self._signature is None or self._signature[0] != version:
             self._signature = (version, self.signer.sign(self.opts.model_id, version, FLAT_VECTOR, payload))
@@ -293,7 +208,7 @@ class FedBuffServerLoop:
                 continue
             self.stats["replies"] += 1
             try:
-                rep = SyncReply.from_records(_from_recorddict(reply.content))
+                rep = SyncReply.from_records(from_recorddict(reply.content))
             except (KeyError, ValueError, TypeError) as e:
                 self.stats["reply_errors"] += 1
                 LOG.warning("malformed reply from node %s: %s", nid, e)
@@ -339,7 +254,6 @@ class FedBuffServerLoop:
                            for k, v in self.nodes.items()})
         atomic_write_json(os.path.join(self.opts.store_dir, "status.json"), snap, fsync=False)
 
-
 @contextlib.contextmanager
 def _single_writer(store_dir: str, timeout_s: float):
     """At most one ServerApp per store: a previous one may linger briefly after its SuperLink died."""
@@ -359,7 +273,6 @@ def _single_writer(store_dir: str, timeout_s: float):
     finally:
         os.close(fd)
 
-
 def _setup_logging(store_dir: str) -> None:
     if any(isinstance(h, logging.FileHandler) for h in LOG.handlers):
         return
@@ -367,7 +280,6 @@ def _setup_logging(store_dir: str) -> None:
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     LOG.addHandler(h)
     LOG.setLevel(logging.INFO)
-
 
 def _initial_model(rc: dict) -> np.ndarray | None:
     """Initial global weights (used only when ``store-dir`` has no checkpoint yet): ``init-model`` (.npy,
@@ -378,9 +290,7 @@ def _initial_model(rc: dict) -> np.ndarray | None:
     size = int(rc.get("model-size", 0))
     return np.zeros(size, np.float32) if size > 0 else None
 
-
 server_app = ServerApp()
-
 
 @contextlib.contextmanager
 def _aggregator(context: Context):
@@ -394,123 +304,16 @@ def _aggregator(context: Context):
                                 initial_version=int(rc.get("init-version", 0) or 0))
         yield agg, opts
 
-
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
     with _aggregator(context) as (agg, opts):
         FedBuffServerLoop(grid, agg, opts).run()
-
-
-# --------------------------------------------------------------------------- secure mode (SecAgg+)
-#
-# The operator switches it on with `sakura-nexus aggregator --secure-aggregation`: the FAB then names
-# secure_server_app / secure_client_app. Rounds are synchronous: every round samples all connected
-# SuperNodes, each robot answers with the SUM of its unacknowledged spooled deltas (decoded to a dense
-# float vector), and Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod) masks the vectors so that
-# the ServerApp only ever unmasks their mean over the robots that completed the round (at least
-# secure-min-group of them). Robots that drop out mid-round are recovered by the protocol (their
-# pairwise masks are reconstructed from the others' shares); their deltas stay in their spools and go
-# into a later round. Per robot, only metadata reaches the aggregator in the clear: robot id, sequence
-# ranges in the sum, counts. See docs/federated.md ("Secure aggregation").
-
-SECURE_WEIGHT = 1  # every participant counts once: the unmasked vector is the mean over the group
-
-
-def secure_contribution(spool: Spool, robot_id: str | None, size: int, clip: float,
-                        max_batch: int = 1 << 30) -> tuple[str, np.ndarray, list, dict]:
-    """Robot side of a secure round (Flower-free): the sum of the robot's unacknowledged deltas as one
-    dense float32 vector of ``size``, every coordinate clipped to ``+-clip`` (SecAgg+ quantises within
-    that range); a robot with nothing pending sends zeros. Returns (robot_id, vector, entries, info)."""
-    from .codecs import decode
-
-    pending = spool.pending(robot_id)
-    rid = robot_id or (pending[0].robot_id if pending else "")
-    pending = [e for e in pending if e.robot_id == rid][:max_batch]
-    vec = np.zeros(int(size), np.float64)
-    used, samples = [], 0
-    for e in pending:
-        try:
-            d = decode(spool.read(e))
-        except (OSError, ValueError, RuntimeError):  # vanished (acked meanwhile) or corrupt entry
-            continue
-        if d.size != vec.size or not np.all(np.isfinite(d)):
-            LOG.warning("secure round: spooled delta %s:%d has %d values (model %d) or is not finite; skipped",
-                        e.robot_id, e.seq, d.size, vec.size)
-            continue
-        vec += d
-        used.append(e)
-        samples += int(e.sample_count)
-    clipped = int(np.count_nonzero(np.abs(vec) > clip))
-    vec = np.clip(vec, -clip, clip).astype(np.float32)
-    return rid, vec, used, {"deltas": len(used), "samples": samples, "clipped": clipped}
-
-
-def _ranges(entries) -> str:
-    return ",".join(f"{e.seq_first}-{e.seq}" for e in entries)
-
-
-def _parse_ranges(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in str(text or "").split(","):
-        if part:
-            a, _, b = part.partition("-")
-            out.append((int(a), int(b)))
-    return out
-
-
-def _secure_client_fn(context: Context):
-    from flwr.client import NumPyClient
-
-    spool_dir = _cfg(context, "spool-dir")
-    if not spool_dir:
-        raise RuntimeError("node_config 'spool-dir' is not set")
-    robot_id = _cfg(context, "robot-id") or None
-    audit_dir = _cfg(context, "egress-audit-dir")
-
-    class _Robot(NumPyClient):
-        def fit(self, parameters, config):
-            spool = Spool(str(spool_dir))
-            acks = [a for a in str(config.get("acks", "")).split(",") if a]
-            if acks:  # the deltas of our last completed round: applied, drop them before summing the rest
-                spool.ack([parse_ack(a) for a in acks])
-            payload = config.get("model-payload")
-            model_id = str(config.get("model-id", "world_model"))
-            if payload:
-                spool.inbox.put(int(config["model-version"]), bytes(payload), model_id=model_id,
-                                meta={"key_id": str(config.get("model-key-id", "")),
-                                      "signature": bytes(config.get("model-signature", b"")).hex()})
-            rid, vec, used, info = secure_contribution(spool, robot_id, int(config["model-size"]),
-                                                       float(config["clip"]), int(config.get("max-batch", 1 << 30)))
-            if used:
-                spool.mark_sent(used)
-            spool.record_sync(bytes_sent=4 * vec.size, bytes_received=len(payload or b""),
-                              global_version=int(config.get("global-version", 0)))
-            metrics = {"robot-id": rid, "ranges": _ranges(used), "deltas": info["deltas"],
-                       "samples": info["samples"], "clipped": info["clipped"],
-                       "have-version": spool.inbox.latest_version(model_id),
-                       "spool-pending": len(spool.pending(robot_id))}
-            if audit_dir:  # what leaves the robot besides the masked vector (the vector itself never in clear)
-                write_audit(str(audit_dir), {"secure_metrics": dict(metrics)}, rid)
-            return [vec], SECURE_WEIGHT, metrics
-
-    return _Robot().to_client()
-
-
-def _make_secure_client_app():
-    from flwr.client.mod import secaggplus_mod
-
-    return ClientApp(client_fn=_secure_client_fn, mods=[secaggplus_mod])
-
-
-secure_client_app = _make_secure_client_app()
-
 
 @dataclass
 class _SecNode:
     robot: str = ""
     have_version: int = -1
     acks: list[str] = field(default_factory=list)
-
 
 class SecureServerLoop:
     """Synchronous SecAgg+ rounds over a Flower ``Grid`` (see the section comment above)."""
@@ -532,7 +335,7 @@ class SecureServerLoop:
         self._done = False
         self.signer = None
         if opts.signing_key:
-            from .signing import Signer
+            from sakura_nexus.federated.common.signing import Signer
 
             self.signer = Signer.load(opts.signing_key)
         self._signature: tuple[int, bytes] | None = None
@@ -619,7 +422,7 @@ class SecureServerLoop:
             node.robot = str(m.get("robot-id", ""))
             node.have_version = int(m.get("have-version", -1))
             node.acks = []  # they went down with this round's instructions
-            contributions.append((node.robot, _parse_ranges(m.get("ranges", "")), int(m.get("deltas", 0))))
+            contributions.append((node.robot, parse_ranges(m.get("ranges", "")), int(m.get("deltas", 0))))
             samples += int(m.get("samples", 0))
         dropped = len(self._sampled) - len(results)
         self.stats["dropouts"] += max(0, dropped)
@@ -649,7 +452,6 @@ class SecureServerLoop:
                     nodes={str(k): {"robot": v.robot, "have_version": v.have_version} for k, v in self.nodes.items()})
         atomic_write_json(os.path.join(self.opts.store_dir, "status.json"), snap, fsync=False)
 
-
 def _secaggplus_workflow():
     """Flower's SecAggPlusWorkflow with one fix for robots that drop out BEFORE the key-share stage ends.
 
@@ -673,12 +475,10 @@ def _secaggplus_workflow():
 
     return _Workflow
 
-
 def _secure_strategy_base():
     from flwr.server.strategy import Strategy
 
     return Strategy
-
 
 class _SecureStrategy(_secure_strategy_base()):
     """The legacy Strategy interface SecAggPlusWorkflow drives, delegating to :class:`SecureServerLoop`."""
@@ -704,9 +504,7 @@ class _SecureStrategy(_secure_strategy_base()):
     def evaluate(self, server_round, parameters):
         return None
 
-
 secure_server_app = ServerApp()
-
 
 @secure_server_app.main()
 def _secure_server_main(grid: Grid, context: Context) -> None:

@@ -54,9 +54,16 @@ from typing import Any
 
 import numpy as np
 
-from .codecs import CodecError, decode, encode, parse_header
-from .durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
-from .privacy import l2norm
+from sakura_nexus.federated.common.codecs import CodecError, decode, encode, parse_header
+from sakura_nexus.federated.common.durable import (
+    Database,
+    SeqRanges,
+    check_robot_id,
+    clean_temp_files,
+    load_ranges,
+    store_ranges,
+)
+from sakura_nexus.federated.common.privacy import l2norm
 
 POLICIES = ("merge", "drop_oldest", "reject")
 DB_NAME = "spool.db"

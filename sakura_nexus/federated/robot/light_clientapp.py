@@ -4,7 +4,7 @@ Flower 1.42's SuperNode (``--isolation subprocess``) has its SuperExec start one
 process per message, found by name on ``PATH``. Flower's own ``flwr-clientapp`` imports the whole
 ``flwr.supernode.cli`` package first, then the ClientApp runtime: ~1.4 CPU-s per exchange on the
 2-core target (``bench/bench_sync_cost.py``), nearly all of it imports, for a ClientApp that only
-moves spool bytes (``flower_app.handle_sync``).
+moves spool bytes (``clientapp.handle_sync``).
 
 Here the ``flwr-clientapp`` found first on the SuperNode's ``PATH`` (:func:`robot_flower_env`) is a
 small launcher (:func:`main`: standard library only, ~0.03 CPU-s). It hands its arguments and its
@@ -13,7 +13,7 @@ has the ClientApp runtime and the robot's app module imported once, and which fo
 exchange; the child runs exactly what Flower's command runs
 (``flwr.supernode.runtime.run_clientapp.run_clientapp`` with the same arguments: token, Runtime API
 address, TLS), so the protocol, the FAB and the ClientApp code are Flower's and this project's as
-before. The server (:func:`serve`, ``python -m sakura_nexus.federated.light_clientapp --serve SOCKET
+before. The server (:func:`serve`, ``python -m sakura_nexus.federated.robot.light_clientapp --serve SOCKET
 SUPERNODE_PID``) is started next to the SuperNode by its supervisor
 (``launcher.SuperNodeSupervisor``), so it stays in the sync node's process tree; it runs at
 ``SCHED_IDLE`` (inherited by every child: any control-loop thread that wakes preempts it at once) and
@@ -91,7 +91,7 @@ def _preload() -> None:
     import flwr.supercore.tls
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
-    import sakura_nexus.federated.flower_app  # noqa: F401
+    import sakura_nexus.federated.robot.clientapp  # noqa: F401
 
 
 def serve(path: str, owner_pid: int, idle_exit_s: float | None = None) -> int:
@@ -252,7 +252,7 @@ def install_command(bin_dir: str) -> str:
     path = os.path.join(bin_dir, COMMAND)
     # the module is loaded from its file, not imported through its package: the launcher then imports
     # the standard library only (no sakura_nexus.federated, no numpy); PYTHONPATH is kept for the cold path
-    text = (f"#!{sys.executable} -I\n# written by sakura_nexus.federated.light_clientapp\n"
+    text = (f"#!{sys.executable} -I\n# written by sakura_nexus.federated.robot.light_clientapp\n"
             "import importlib.util\nimport os\nimport sys\n\n"
             "sys.path[:0] = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]\n"
             f"spec = importlib.util.spec_from_file_location('sakura_clientapp', {os.path.abspath(__file__)!r})\n"
@@ -273,7 +273,7 @@ def install_command(bin_dir: str) -> str:
 
 def robot_flower_env(flwr_home: str, base: dict | None = None) -> dict:
     """``launcher.flower_env`` for a robot's SuperNode, with the light ClientApp launcher first on PATH."""
-    from .launcher import flower_env
+    from sakura_nexus.federated.common.flower_cli import flower_env
 
     env = flower_env(flwr_home, base)
     bin_dir = os.path.dirname(install_command(os.path.join(flwr_home, "bin")))
@@ -287,5 +287,6 @@ def robot_flower_env(flwr_home: str, base: dict | None = None) -> dict:
     return env
 
 
-if __name__ == "__main__":                  # the warm server: python -m sakura_nexus.federated.light_clientapp --serve
+# the warm server: python -m sakura_nexus.federated.robot.light_clientapp --serve SOCKET SUPERNODE_PID
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,7 +7,7 @@ Server -> robot (``RecordDict``):
               has_model, max_batch, max_batch_bytes
     ``model`` ConfigRecord (only when the robot's inbox is behind): version, payload (codec bytes), sha256,
               key_id, signature (the aggregator's Ed25519 signature of the update, codec
-              ``flat-vector-v1``: :mod:`sakura_nexus.federated.signing`; empty when it has no key)
+              ``flat-vector-v1``: :mod:`sakura_nexus.federated.common.signing`; empty when it has no key)
 
 Robot -> server:
     ``sync``   ConfigRecord: proto, robot_id, have_version, more, spool_pending, spool_bytes, error
@@ -15,7 +15,7 @@ Robot -> server:
                sample_count, codec
 
 Only codec payloads (flat weight deltas) and small integers/strings travel upstream: see
-:mod:`sakura_nexus.federated.egress`.
+:mod:`sakura_nexus.federated.common.egress`.
 """
 
 from __future__ import annotations

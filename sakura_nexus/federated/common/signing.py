@@ -21,7 +21,7 @@ hot-swaps must therefore carry a signature by a fleet key the robot trusts:
   changes, so a key rotation needs no restart: add the new key to every robot's file, switch the
   aggregator to the new private key, then remove the old key.
 
-``python -m sakura_nexus.federated.signing generate DIR`` (or ``sakura-nexus fleet-keys generate DIR``)
+``python -m sakura_nexus.federated.common.signing generate DIR`` (or ``sakura-nexus fleet-keys generate DIR``)
 writes ``fleet_signing_key.pem`` (mode 0600) and ``fleet_keys.pub``.
 """
 

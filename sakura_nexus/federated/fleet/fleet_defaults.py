@@ -2,13 +2,13 @@
 
 Two levels of aggregator settings exist on purpose, each declared in one place:
 
-* the library / Flower App defaults: :class:`~sakura_nexus.federated.aggregator.FedBuffConfig` and
-  :class:`~sakura_nexus.federated.flower_app.ServerOptions` (``flwr_app.toml`` restates them for
+* the library / Flower App defaults: :class:`~sakura_nexus.federated.fleet.aggregator.FedBuffConfig` and
+  :class:`~sakura_nexus.federated.fleet.serverapp.ServerOptions` (``flwr_app.toml`` restates them for
   ``flwr run``; ``test/unit/test_settings.py`` checks that it does so exactly). A bare
   ``sakura-nexus aggregator`` without flags runs with these: K = 4, no clipping.
 * the fleet deployment below, for robots that run the shipped world model: every robot's delta
   clipped to the robot's own ``clip_norm`` default (federated_sync_node), K = the default number of
-  robots. :func:`~sakura_nexus.federated.launcher.aggregator_command` and ``launch/fleet.launch.py``
+  robots. :func:`~sakura_nexus.federated.fleet.superlink.aggregator_command` and ``launch/fleet.launch.py``
   take their defaults from here.
 
 ROS-free.

@@ -1,7 +1,7 @@
 """FedBuff-style buffered asynchronous aggregation with staleness weighting, robust aggregation,
 central DP, validation, persisted de-duplication and a versioned model store (SQLite).
 
-The same :class:`FedBuffAggregator` is used by the Flower ServerApp (``flower_app.py``) and directly by
+The same :class:`FedBuffAggregator` is used by the Flower ServerApp (``fleet/serverapp.py``) and directly by
 an in-process fleet simulation::
 
     agg = FedBuffAggregator(initial_model, FedBuffConfig(buffer_size=4))
@@ -35,9 +35,16 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from .codecs import CodecError, decode_verified, encode, get_codec, parse_header
-from .durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
-from .privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
+from sakura_nexus.federated.common.codecs import CodecError, decode_verified, encode, get_codec, parse_header
+from sakura_nexus.federated.common.durable import (
+    Database,
+    SeqRanges,
+    check_robot_id,
+    clean_temp_files,
+    load_ranges,
+    store_ranges,
+)
+from sakura_nexus.federated.common.privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
 
 __all__ = [
     "REJECT_REASONS",
@@ -45,10 +52,8 @@ __all__ = [
     "FedBuffConfig",
     "GlobalModelStore",
     "SubmitResult",
-    "aggregator_main",
     "coordinate_median",
     "staleness_weight",
-    "supernode_main",
     "trimmed_mean",
 ]
 
@@ -550,7 +555,7 @@ class FedBuffAggregator:
 
     def apply_secure_mean(self, update: np.ndarray, contributions: list[tuple[str, list[tuple[int, int]]]],
                           *, samples: int = 0) -> int | None:
-        """Secure mode (SecAgg+, ``flower_app.SecureServerLoop``): apply the mean over a group of robots
+        """Secure mode (SecAgg+, ``serverapp.SecureServerLoop``): apply the mean over a group of robots
         of their deltas, unmasked by the protocol as one vector, ``x <- x + eta * update``. The
         aggregator never holds a robot's own vector, so nothing per robot is buffered or persisted:
         ``contributions`` is only the metadata, (robot, its delta sequence ranges in the sum), entered in
@@ -646,20 +651,3 @@ def _jsonable(d: dict) -> dict:
     for k, v in d.items():
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-# --------------------------------------------------------------------------- CLI entry points
-
-
-def aggregator_main(argv: list[str] | None = None) -> int:
-    """``sakura-nexus aggregator``: see :func:`sakura_nexus.federated.launcher.aggregator_main`."""
-    from .launcher import aggregator_main as _main
-
-    return _main(argv)
-
-
-def supernode_main(argv: list[str] | None = None) -> int:
-    """``sakura-nexus supernode``: see :func:`sakura_nexus.federated.launcher.supernode_main`."""
-    from .launcher import supernode_main as _main
-
-    return _main(argv)
