@@ -3,26 +3,10 @@
 durable state, privacy, protocol, signing, weights, Flower plumbing). The Flower modules are imported
 lazily, so the core does not need flwr; the names below are the ROS-free core's."""
 
-from sakura_nexus.federated.common.codecs import (
-    CodecError,
-    ErrorFeedback,
-    codec_id,
-    decode,
-    encode,
-    flatten_tensors,
-    get_codec,
-    unflatten,
-)
-from sakura_nexus.federated.common.egress import EgressReport, check_egress
-from sakura_nexus.federated.common.privacy import (
-    GaussianDP,
-    LocalPrivatizer,
-    RDPAccountant,
-    add_gaussian_noise,
-    clip_l2,
-    compute_rdp,
-)
-from sakura_nexus.federated.fleet.aggregator import (
+from .common.codecs import CodecError, ErrorFeedback, codec_id, decode, encode, flatten_tensors, get_codec, unflatten
+from .common.egress import EgressReport, check_egress
+from .common.privacy import GaussianDP, LocalPrivatizer, RDPAccountant, add_gaussian_noise, clip_l2, compute_rdp
+from .fleet.aggregator import (
     FedBuffAggregator,
     FedBuffConfig,
     GlobalModelStore,
@@ -31,7 +15,7 @@ from sakura_nexus.federated.fleet.aggregator import (
     staleness_weight,
     trimmed_mean,
 )
-from sakura_nexus.federated.robot.spool import Inbox, Spool, SpoolEntry, SpoolFull
+from .robot.spool import Inbox, Spool, SpoolEntry, SpoolFull
 
 __all__ = [
     "CodecError",

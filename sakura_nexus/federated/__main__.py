@@ -5,8 +5,8 @@ Same as ``sakura-nexus aggregator|supernode``.
 
 import sys
 
-from sakura_nexus.federated.fleet.superlink import aggregator_main
-from sakura_nexus.federated.robot.supernode import supernode_main
+from .fleet.superlink import aggregator_main
+from .robot.supernode import supernode_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sakura_nexus.atomic import atomic_write
-from sakura_nexus.federated.common.codecs import CodecError, decode, parse_header
+
+from .codecs import CodecError, decode, parse_header
 
 # flattened camera frames we must never see upstream (RGB / gray at the resolutions the project uses)
 _IMAGE_SIDES = ((32, 32), (48, 48), (64, 64), (84, 84), (96, 96), (128, 128), (224, 224), (240, 320),

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from sakura_nexus.federated.common.durable import atomic_write
+from .durable import atomic_write
 
 SHIPPED = "shipped"
 # ModelUpdate codecs: a state-dict-v1 payload (world_model_to_bytes / encoder_to_bytes), or the
@@ -77,7 +77,7 @@ def update_to_world_model_payload(codec: str, payload: bytes, template, version:
     which is not modified). Raises ValueError (CodecError) on a bad payload or an unknown codec."""
     import copy
 
-    from sakura_nexus.federated.common.codecs import decode
+    from .codecs import decode
 
     if codec == STATE_DICT:
         return bytes(payload)

@@ -35,16 +35,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from sakura_nexus.federated.common.codecs import CodecError, decode_verified, encode, get_codec, parse_header
-from sakura_nexus.federated.common.durable import (
-    Database,
-    SeqRanges,
-    check_robot_id,
-    clean_temp_files,
-    load_ranges,
-    store_ranges,
-)
-from sakura_nexus.federated.common.privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
+from ..common.codecs import CodecError, decode_verified, encode, get_codec, parse_header
+from ..common.durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
+from ..common.privacy import DEFAULT_DELTA, GaussianDP, RDPAccountant, clip_l2, l2norm
 
 __all__ = [
     "REJECT_REASONS",

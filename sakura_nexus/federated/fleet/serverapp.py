@@ -20,27 +20,17 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from sakura_nexus.federated.common.durable import atomic_write_json
-from sakura_nexus.federated.common.flower_records import (
-    LOG,
-    SECURE_WEIGHT,
-    from_recorddict,
-    parse_ranges,
-    to_recorddict,
-)
-from sakura_nexus.federated.common.protocol import (
-    MESSAGE_TYPE,
-    SyncReply,
-    SyncRequest,
-    format_ack,
-)
-from sakura_nexus.federated.fleet.aggregator import FedBuffAggregator, FedBuffConfig
+from ..common.durable import atomic_write_json
+from ..common.flower_records import LOG, SECURE_WEIGHT, from_recorddict, parse_ranges, to_recorddict
+from ..common.protocol import MESSAGE_TYPE, SyncReply, SyncRequest, format_ack
+from .aggregator import FedBuffAggregator, FedBuffConfig
 
 
 @dataclass
@@ -79,6 +69,29 @@ class ServerOptions:
             raise ValueError("run config 'store-dir' is required")
         return cls(**kw)
 
+def _run_loop(loop, step: Callable[[], float | None], what: str, pause_s: float,
+              max_consecutive_errors: int) -> None:
+    """Call ``step`` until ``loop.stop_requested()``, pausing ``pause_s`` (or the seconds ``step`` returns)
+    between calls. Transient SuperLink / HTTP trouble is logged and backed off; ``max_consecutive_errors``
+    failures in a row write the status ``failed`` and re-raise. Ends with the status ``stopped``."""
+    errors = 0
+    while not loop.stop_requested():
+        pause = pause_s
+        try:
+            pause = step() or pause_s
+            errors = 0
+        except Exception as e:  # transient SuperLink/HTTP trouble: log, back off, give up if it persists
+            errors += 1
+            loop.stats["loop_errors"] = loop.stats.get("loop_errors", 0) + 1
+            LOG.warning("%s failed (%d in a row): %r", what, errors, e)
+            if errors >= max_consecutive_errors:
+                loop.write_status(state="failed")
+                raise
+            time.sleep(min(10.0, 0.5 * errors))
+        time.sleep(pause)
+    loop.write_status(state="stopped")
+
+
 @dataclass
 class _Node:
     robot: str = ""
@@ -104,7 +117,7 @@ class FedBuffServerLoop:
         self.started = time.time()
         self.signer = None
         if opts.signing_key:
-            from sakura_nexus.federated.common.signing import Signer
+            from ..common.signing import Signer
 
             self.signer = Signer.load(opts.signing_key)
             LOG.info("global models are signed with key %s", self.signer.key_id)
@@ -122,21 +135,7 @@ class FedBuffServerLoop:
 
     def run(self, max_consecutive_errors: int = 20) -> None:
         LOG.info("FedBuff loop started at version %d", self.agg.version)
-        errors = 0
-        while not self.stop_requested():
-            try:
-                self.step()
-                errors = 0
-            except Exception as e:  # transient SuperLink/HTTP trouble: log, back off, give up if it persists
-                errors += 1
-                self.stats["loop_errors"] = self.stats.get("loop_errors", 0) + 1
-                LOG.warning("loop step failed (%d in a row): %r", errors, e)
-                if errors >= max_consecutive_errors:
-                    self.write_status(state="failed")
-                    raise
-                time.sleep(min(10.0, 0.5 * errors))
-            time.sleep(self.opts.poll_interval_s)
-        self.write_status(state="stopped")
+        _run_loop(self, self.step, "loop step", self.opts.poll_interval_s, max_consecutive_errors)
         LOG.info("FedBuff loop stopped at version %d", self.agg.version)
 
     def step(self) -> None:
@@ -183,7 +182,7 @@ class FedBuffServerLoop:
             self.stats["bytes_out"] += nbytes
 
     def _sign(self, version: int, payload: bytes) -> bytes:
-        from sakura_nexus.federated.common.weights import FLAT_VECTOR
+        from ..common.weights import FLAT_VECTOR
 
         if self._signature is None or self._signature[0] != version:
             self._signature = (version, self.signer.sign(self.opts.model_id, version, FLAT_VECTOR, payload))
@@ -335,7 +334,7 @@ class SecureServerLoop:
         self._done = False
         self.signer = None
         if opts.signing_key:
-            from sakura_nexus.federated.common.signing import Signer
+            from ..common.signing import Signer
 
             self.signer = Signer.load(opts.signing_key)
         self._signature: tuple[int, bytes] | None = None
@@ -359,36 +358,27 @@ class SecureServerLoop:
         cfg = ConfigRecord({Key.START_TIME: time.time()})
         self.ctx.state.config_records[MAIN_CONFIGS_RECORD] = cfg
         self.ctx.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()  # the model travels in FitIns.config
-        errors, rnd = 0, 0
-        while not self.stop_requested():
+        self._round = 0
+
+        def one_round() -> float | None:
             self.write_status()
-            try:
-                ids = sorted(self.grid.get_node_ids())
-                if len(ids) < self.opts.secure_min_nodes:
-                    time.sleep(self.opts.nodes_poll_s)
-                    continue
-                rnd += 1
-                cfg[Key.CURRENT_ROUND] = rnd
-                self._sampled, self._done = ids, False
-                self.stats["rounds"] += 1
-                LOG.info("secure round %d: %d SuperNodes", rnd, len(ids))
-                self.workflow(self.grid, self.ctx)
-                self.write_status()
-                if not self._done:  # SecAgg+ halted (too few robots left to unmask): nothing was learned
-                    self.stats["rounds_halted"] += 1
-                    LOG.warning("secure round %d halted by SecAgg+ (fewer than %d robots left)", rnd,
-                                self.opts.secure_min_group)
-                errors = 0
-            except Exception as e:  # transient SuperLink trouble: log, back off, give up if it persists
-                errors += 1
-                self.stats["loop_errors"] += 1
-                LOG.warning("secure round failed (%d in a row): %r", errors, e)
-                if errors >= max_consecutive_errors:
-                    self.write_status(state="failed")
-                    raise
-                time.sleep(min(10.0, 0.5 * errors))
-            time.sleep(self.opts.sync_interval_s)
-        self.write_status(state="stopped")
+            ids = sorted(self.grid.get_node_ids())
+            if len(ids) < self.opts.secure_min_nodes:
+                return self.opts.nodes_poll_s  # wait for more SuperNodes
+            self._round += 1
+            cfg[Key.CURRENT_ROUND] = self._round
+            self._sampled, self._done = ids, False
+            self.stats["rounds"] += 1
+            LOG.info("secure round %d: %d SuperNodes", self._round, len(ids))
+            self.workflow(self.grid, self.ctx)
+            self.write_status()
+            if not self._done:  # SecAgg+ halted (too few robots left to unmask): nothing was learned
+                self.stats["rounds_halted"] += 1
+                LOG.warning("secure round %d halted by SecAgg+ (fewer than %d robots left)", self._round,
+                            self.opts.secure_min_group)
+            return None
+
+        _run_loop(self, one_round, "secure round", self.opts.sync_interval_s, max_consecutive_errors)
         LOG.info("secure aggregation loop stopped at version %d", self.agg.version)
 
     def configure(self, server_round: int) -> list:

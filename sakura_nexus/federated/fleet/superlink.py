@@ -25,7 +25,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sakura_nexus.federated.common.flower_cli import (
+from sakura_nexus.process import descendants
+
+from ..common.flower_cli import (
     CONNECTION,
     DEFAULT_PORT,
     TLSFiles,
@@ -37,8 +39,7 @@ from sakura_nexus.federated.common.flower_cli import (
     wait_healthy,
     write_flower_config,
 )
-from sakura_nexus.federated.fleet.fleet_defaults import FLEET
-from sakura_nexus.process import descendants
+from .fleet_defaults import FLEET
 
 
 def start_superlink(host: str, port: int, flwr_home: str, *, database: str | None = None,
@@ -302,7 +303,7 @@ def aggregator_main(argv: list[str] | None = None) -> int:
         if v is not None:
             rc[key] = v
     if a.signing_key:
-        from sakura_nexus.federated.common.signing import Signer
+        from ..common.signing import Signer
 
         try:
             Signer.load(a.signing_key)
@@ -316,7 +317,7 @@ def aggregator_main(argv: list[str] | None = None) -> int:
     if a.init_world_model is not None:
         if a.init_model:
             p.error("--init-world-model and --init-model are exclusive")
-        from sakura_nexus.federated.common.weights import write_init_model
+        from ..common.weights import write_init_model
 
         init_info = write_init_model(a.init_world_model, os.path.abspath(a.store_dir))
         if a.model_size is not None and a.model_size != init_info["size"]:

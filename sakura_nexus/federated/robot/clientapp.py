@@ -14,21 +14,10 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from sakura_nexus.federated.common.egress import write_audit
-from sakura_nexus.federated.common.flower_records import (
-    LOG,
-    SECURE_WEIGHT,
-    format_ranges,
-    from_recorddict,
-    to_recorddict,
-)
-from sakura_nexus.federated.common.protocol import (
-    DeltaItem,
-    SyncReply,
-    SyncRequest,
-    parse_ack,
-)
-from sakura_nexus.federated.robot.spool import Spool
+from ..common.egress import write_audit
+from ..common.flower_records import LOG, SECURE_WEIGHT, format_ranges, from_recorddict, to_recorddict
+from ..common.protocol import DeltaItem, SyncReply, SyncRequest, parse_ack
+from .spool import Spool
 
 
 def _cfg(context: Context, key: str, default=None):
@@ -94,7 +83,7 @@ def secure_contribution(spool: Spool, robot_id: str | None, size: int, clip: flo
     """Robot side of a secure round (Flower-free): the sum of the robot's unacknowledged deltas as one
     dense float32 vector of ``size``, every coordinate clipped to ``+-clip`` (SecAgg+ quantises within
     that range); a robot with nothing pending sends zeros. Returns (robot_id, vector, entries, info)."""
-    from sakura_nexus.federated.common.codecs import decode
+    from ..common.codecs import decode
 
     pending = spool.pending(robot_id)
     rid = robot_id or (pending[0].robot_id if pending else "")

@@ -273,7 +273,7 @@ def install_command(bin_dir: str) -> str:
 
 def robot_flower_env(flwr_home: str, base: dict | None = None) -> dict:
     """``launcher.flower_env`` for a robot's SuperNode, with the light ClientApp launcher first on PATH."""
-    from sakura_nexus.federated.common.flower_cli import flower_env
+    from ..common.flower_cli import flower_env
 
     env = flower_env(flwr_home, base)
     bin_dir = os.path.dirname(install_command(os.path.join(flwr_home, "bin")))

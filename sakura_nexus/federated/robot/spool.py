@@ -54,16 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from sakura_nexus.federated.common.codecs import CodecError, decode, encode, parse_header
-from sakura_nexus.federated.common.durable import (
-    Database,
-    SeqRanges,
-    check_robot_id,
-    clean_temp_files,
-    load_ranges,
-    store_ranges,
-)
-from sakura_nexus.federated.common.privacy import l2norm
+from ..common.codecs import CodecError, decode, encode, parse_header
+from ..common.durable import Database, SeqRanges, check_robot_id, clean_temp_files, load_ranges, store_ranges
+from ..common.privacy import l2norm
 
 POLICIES = ("merge", "drop_oldest", "reject")
 DB_NAME = "spool.db"

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 
-from sakura_nexus.federated.common.flower_cli import config_args, flower_cmd, flower_env, free_port
 from sakura_nexus.process import is_zombie, kill_tree, proc_start_ticks
+
+from ..common.flower_cli import config_args, flower_cmd, flower_env, free_port
 
 
 def supernode_command(superlink: str, spool_dir: str, *, robot_id: str | None = None,
@@ -111,7 +112,7 @@ class SuperNodeSupervisor:
         os.makedirs(self.flwr_home, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            from sakura_nexus.federated.robot.light_clientapp import robot_flower_env
+            from .light_clientapp import robot_flower_env
 
             env = robot_flower_env(self.flwr_home) if self.light_clientapp else flower_env(self.flwr_home)
             self.proc = subprocess.Popen(self.command(), env=env, stdout=log,
@@ -124,7 +125,7 @@ class SuperNodeSupervisor:
             self._start_clientapp_server()
         self.started_at = time.time()
         self.starts += 1
-        from sakura_nexus.federated.common.durable import atomic_write_json
+        from ..common.durable import atomic_write_json
 
         atomic_write_json(self.pidfile, {"pid": self.proc.pid, "start_ticks": proc_start_ticks(self.proc.pid),
                                          "started_at": self.started_at}, fsync=False)
@@ -139,7 +140,7 @@ class SuperNodeSupervisor:
 
     def _start_clientapp_server(self) -> None:
         """The warm ClientApp server for this SuperNode (``light_clientapp.serve``; it exits with it)."""
-        from sakura_nexus.federated.robot.light_clientapp import SOCKET_ENV
+        from .light_clientapp import SOCKET_ENV
 
         self._stop_clientapp_server()
         log = open(os.path.join(self.flwr_home, "clientapp_server.log"), "ab")  # noqa: SIM115 - to the child

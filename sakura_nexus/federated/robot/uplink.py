@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sakura_nexus.federated.common.codecs import CodecError, ErrorFeedback, decode, get_codec
-from sakura_nexus.federated.common.durable import atomic_write, check_robot_id, clean_temp_files, fsync_dir
-from sakura_nexus.federated.common.privacy import LocalPrivatizer, RDPAccountant, l2norm
-from sakura_nexus.federated.robot.spool import Spool, SpoolFull
+from ..common.codecs import CodecError, ErrorFeedback, decode, get_codec
+from ..common.durable import atomic_write, check_robot_id, clean_temp_files, fsync_dir
+from ..common.privacy import LocalPrivatizer, RDPAccountant, l2norm
+from .spool import Spool, SpoolFull
 
 __all__ = ["DeltaUplink", "UplinkResult", "UplinkState"]
 
