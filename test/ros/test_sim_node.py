@@ -97,8 +97,9 @@ def test_topics_arrive_and_frame_is_not_blank(sim, ros_node, tmp_path):
     assert (od.header.frame_id, od.child_frame_id) == ("odom", "base_link")
     assert list(js.name) == list(WHEEL_JOINTS) and len(js.position) == len(js.velocity) == 2
     # every stamp is sim time: the image stamp is a published /clock instant
-    clocks = {round(_t(c.clock), 6) for c in list(tp.clock)}
-    assert wait_for(lambda: any(round(_t(i.header.stamp), 6) in clocks for i in list(tp.image)), 5)
+    # (the /clock samples re-read on every try: images keep arriving with newer instants)
+    assert wait_for(lambda: bool({round(_t(i.header.stamp), 6) for i in list(tp.image)}
+                                 & {round(_t(c.clock), 6) for c in list(tp.clock)}), 5)
     assert _t(tp.clock[-1].clock) < 1e6  # sim time, not wall time
 
 
