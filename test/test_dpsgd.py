@@ -128,9 +128,11 @@ def test_budget_stops_learning_within_it_and_the_ledger_survives_a_restart(tmp_p
 
 @pytest.mark.parametrize("z", [0.0, 1.0])
 def test_small_trainable_sets_move_only_their_coordinates(z):
-    """dynamics_out_state / _velocity learn only their output columns; dynamics_out_scale moves each
-    member's heading/velocity output column along its own shipped direction (a scale) and its bias."""
-    for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale"):
+    """dynamics_out_state / _velocity learn only their output columns; dynamics_out_scale(6) moves each
+    member's heading/velocity (and pose) output column along its own shipped direction (a scale) and its
+    bias; the _tied variants by the same relative scale and the same bias shift in every member."""
+    for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale", "dynamics_out_scale6",
+                      "dynamics_out_scale_tied", "dynamics_out_scale6_tied"):
         learner = _learner(trainable=trainable, dp_noise_multiplier=z)
         before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
         for _ in range(5):
@@ -142,15 +144,24 @@ def test_small_trainable_sets_move_only_their_coordinates(z):
             if n not in ("dynamics.w3", "dynamics.b3"):
                 assert not d.any(), (trainable, n)
         cols = {"dynamics_out_state": range(0, 6), "dynamics_out_velocity": range(4, 6),
-                "dynamics_out_scale": range(2, 6)}[trainable]
+                "dynamics_out_scale": range(2, 6), "dynamics_out_scale6": range(0, 6),
+                "dynamics_out_scale_tied": range(2, 6), "dynamics_out_scale6_tied": range(0, 6)}[trainable]
         other = [c for c in range(32) if c not in cols]
         for n in ("dynamics.w3", "dynamics.b3"):
             d = after[n].detach() - before[n]
             assert not d[..., other].any() and d[..., list(cols)].abs().sum() > 0, (trainable, n)
-        if trainable == "dynamics_out_scale":  # w3 column k, c moved parallel to itself
+        if trainable.startswith("dynamics_out_scale"):  # w3 column k, c moved parallel to itself
             d = after["dynamics.w3"].detach() - before["dynamics.w3"]
             w = before["dynamics.w3"]
-            for k in range(w.shape[0]):
-                for c in cols:
+            db = (after["dynamics.b3"].detach() - before["dynamics.b3"])[:, 0]
+            for c in cols:
+                scale = []
+                for k in range(w.shape[0]):
                     cos = torch.nn.functional.cosine_similarity(d[k, :, c], w[k, :, c], dim=0)
                     assert abs(abs(float(cos)) - 1.0) < 1e-4
+                    scale.append(float(d[k, :, c] @ w[k, :, c] / w[k, :, c].square().sum()))
+                if trainable.endswith("_tied"):  # one scale and one bias shift for every member (f32 ulps)
+                    assert max(scale) - min(scale) < 1e-4 * max(1e-3, max(map(abs, scale))), (c, scale)
+                    assert torch.allclose(db[:, c], db[0, c].expand(w.shape[0]), atol=5e-7), (c, db[:, c])
+                else:  # independent members
+                    assert max(scale) - min(scale) > 1e-6, (c, scale)

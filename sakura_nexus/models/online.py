@@ -55,12 +55,20 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_b3": ("dynamics.b3",),
                   "dynamics_out_state": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_velocity": ("dynamics.w3", "dynamics.b3"),
-                  "dynamics_out_scale": ("dynamics.w3", "dynamics.b3")}
+                  "dynamics_out_scale": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale6": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale6_tied": ("dynamics.w3", "dynamics.b3")}
 # sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
-# construction: "dynamics_out_scale" = per member, a scale of each output column of the heading and
-# velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the shipped w3 column) and
-# its bias: 5 members x 4 x 2 = 40 coordinates. The learner's Adam runs on these coefficients.
-SUBSPACE_COLUMNS = {"dynamics_out_scale": (2, 3, 4, 5)}
+# construction, name -> (output columns, tied): "dynamics_out_scale" = per member, a scale of each output
+# column of the heading and velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the
+# shipped w3 column) and its bias: 5 members x 4 x 2 = 40 coordinates; "dynamics_out_scale6" the same
+# for the pose change too (dims 0-5: 60). "_tied": one scale and one bias shift per column shared by all
+# ensemble members (each member's column keeps its own direction and grows by the same factor): 8 / 12
+# coordinates. The learner's Adam runs on these coefficients.
+SUBSPACE_COLUMNS = {"dynamics_out_scale": ((2, 3, 4, 5), False), "dynamics_out_scale6": (tuple(range(6)), False),
+                    "dynamics_out_scale_tied": ((2, 3, 4, 5), True),
+                    "dynamics_out_scale6_tied": (tuple(range(6)), True)}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
 # velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates;
@@ -205,7 +213,7 @@ class OnlineLearner:
         # DP-SGD releases ONE update shared by every ensemble member (the per-sample gradient summed over
         # the members, clipped, noised, applied to each): 1/members the noised coordinates
         self.dp_tie_members = bool(dp_tie_members)
-        if self.dp_tie_members and any(mk is not None for mk in self._masks):
+        if self.dp_tie_members and (self._basis is not None or any(mk is not None for mk in self._masks)):
             raise ValueError(f"dp_tie_members does not combine with trainable={trainable!r}")
         self.accountant = RDPAccountant(target_delta=self.dp_delta)
         self.budget_exhausted = False
@@ -322,14 +330,16 @@ class OnlineLearner:
         return torch.optim.Adam([self._coef] if self._coef is not None else self._params, lr=self.lr)
 
     @staticmethod
-    def _build_basis(learn, columns) -> list[torch.Tensor | None] | None:
-        """Per learning parameter an orthonormal (r, numel) basis of its subspace (None: no subspace)."""
-        if columns is None:
+    def _build_basis(learn, spec) -> list[torch.Tensor | None] | None:
+        """Per learning parameter an orthonormal (r, numel) basis of its subspace (None: no subspace);
+        ``spec``: (output columns, tied) of SUBSPACE_COLUMNS."""
+        if spec is None:
             return None
+        columns, tied = spec
         out: list[torch.Tensor | None] = []
         for n, p in learn:
             rows = []
-            for k in range(p.shape[0]):
+            for k in [slice(None)] if tied else range(p.shape[0]):  # tied: one row spans every member
                 for c in columns:
                     e = torch.zeros_like(p)
                     if n == "dynamics.w3":
