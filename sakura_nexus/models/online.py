@@ -58,7 +58,9 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_out_scale": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale6": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale_tied": ("dynamics.w3", "dynamics.b3"),
-                  "dynamics_out_scale6_tied": ("dynamics.w3", "dynamics.b3")}
+                  "dynamics_out_scale6_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_enc_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_all_tied": ("dynamics.w3", "dynamics.b3")}
 # sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
 # construction, name -> (output columns, tied): "dynamics_out_scale" = per member, a scale of each output
 # column of the heading and velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the
@@ -68,7 +70,9 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
 # coordinates. The learner's Adam runs on these coefficients.
 SUBSPACE_COLUMNS = {"dynamics_out_scale": ((2, 3, 4, 5), False), "dynamics_out_scale6": (tuple(range(6)), False),
                     "dynamics_out_scale_tied": ((2, 3, 4, 5), True),
-                    "dynamics_out_scale6_tied": (tuple(range(6)), True)}
+                    "dynamics_out_scale6_tied": (tuple(range(6)), True),
+                    "dynamics_out_scale_enc_tied": (((2, 3, 4, 5), False), (tuple(range(6, 32)), True)),
+                    "dynamics_out_scale_all_tied": (tuple(range(2, 32)), True)}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
 # velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates;
@@ -335,20 +339,21 @@ class OnlineLearner:
         ``spec``: (output columns, tied) of SUBSPACE_COLUMNS."""
         if spec is None:
             return None
-        columns, tied = spec
+        groups = (spec,) if isinstance(spec[1], bool) else spec  # (columns, tied) or ((columns, tied), ...)
         out: list[torch.Tensor | None] = []
         for n, p in learn:
             rows = []
-            for k in [slice(None)] if tied else range(p.shape[0]):  # tied: one row spans every member
-                for c in columns:
-                    e = torch.zeros_like(p)
-                    if n == "dynamics.w3":
-                        e[k, :, c] = p.detach()[k, :, c]
-                    elif n == "dynamics.b3":
-                        e[k, :, c] = 1.0
-                    else:
-                        continue
-                    rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
+            for columns, tied in groups:
+                for k in [slice(None)] if tied else range(p.shape[0]):  # tied: one row spans every member
+                    for c in columns:
+                        e = torch.zeros_like(p)
+                        if n == "dynamics.w3":
+                            e[k, :, c] = p.detach()[k, :, c]
+                        elif n == "dynamics.b3":
+                            e[k, :, c] = 1.0
+                        else:
+                            continue
+                        rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
             out.append(torch.stack(rows) if rows else None)
         return out
 
