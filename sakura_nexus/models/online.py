@@ -60,7 +60,9 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_out_scale_tied": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale6_tied": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale_enc_tied": ("dynamics.w3", "dynamics.b3"),
-                  "dynamics_out_scale_all_tied": ("dynamics.w3", "dynamics.b3")}
+                  "dynamics_out_scale_all_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_vel_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied": ("dynamics.w3", "dynamics.b3")}
 # sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
 # construction, name -> (output columns, tied): "dynamics_out_scale" = per member, a scale of each output
 # column of the heading and velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the
@@ -72,7 +74,9 @@ SUBSPACE_COLUMNS = {"dynamics_out_scale": ((2, 3, 4, 5), False), "dynamics_out_s
                     "dynamics_out_scale_tied": ((2, 3, 4, 5), True),
                     "dynamics_out_scale6_tied": (tuple(range(6)), True),
                     "dynamics_out_scale_enc_tied": (((2, 3, 4, 5), False), (tuple(range(6, 32)), True)),
-                    "dynamics_out_scale_all_tied": (tuple(range(2, 32)), True)}
+                    "dynamics_out_scale_all_tied": (tuple(range(2, 32)), True),
+                    "dynamics_out_scale_vel_tied": (((2, 3, 4, 5), False), ((4, 5), True, "full")),
+                    "dynamics_out_scale_state_tied": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full"))}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
 # velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates;
@@ -339,22 +343,30 @@ class OnlineLearner:
         ``spec``: (output columns, tied) of SUBSPACE_COLUMNS."""
         if spec is None:
             return None
-        groups = (spec,) if isinstance(spec[1], bool) else spec  # (columns, tied) or ((columns, tied), ...)
+        groups = (spec,) if isinstance(spec[1], bool) else spec  # (columns, tied) or ((columns, tied[, kind]), ...)
         out: list[torch.Tensor | None] = []
         for n, p in learn:
             rows = []
-            for columns, tied in groups:
+            for columns, tied, *kind in groups:
+                full = kind == ["full"]  # every w3 entry of the columns (no bias: the scale groups carry it)
                 for k in [slice(None)] if tied else range(p.shape[0]):  # tied: one row spans every member
                     for c in columns:
-                        e = torch.zeros_like(p)
-                        if n == "dynamics.w3":
-                            e[k, :, c] = p.detach()[k, :, c]
-                        elif n == "dynamics.b3":
-                            e[k, :, c] = 1.0
-                        else:
-                            continue
-                        rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
-            out.append(torch.stack(rows) if rows else None)
+                        for h in range(p.shape[1]) if full and n == "dynamics.w3" else [slice(None)]:
+                            e = torch.zeros_like(p)
+                            if n == "dynamics.w3":
+                                e[k, h, c] = 1.0 if full else p.detach()[k, h, c]
+                            elif n == "dynamics.b3" and not full:
+                                e[k, :, c] = 1.0
+                            else:
+                                continue
+                            rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
+            if rows:
+                b = torch.stack(rows)
+                if not torch.allclose(b @ b.T, torch.eye(len(rows)), atol=1e-5):  # overlapping groups
+                    b = torch.linalg.qr(b.T.double()).Q.T.float()
+                out.append(b)
+            else:
+                out.append(None)
         return out
 
     def _subspace_step(self, grads: list | None, coef_grad: torch.Tensor | None = None) -> None:
