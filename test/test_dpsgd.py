@@ -133,8 +133,10 @@ def test_small_trainable_sets_move_only_their_coordinates(z):
     bias; the _tied variants by the same relative scale and the same bias shift in every member."""
     for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale", "dynamics_out_scale6",
                       "dynamics_out_scale_tied", "dynamics_out_scale6_tied", "dynamics_out_scale_all_tied",
-                      "dynamics_out_scale_enc_tied", "dynamics_out_scale_vel_tied", "dynamics_out_scale_state_tied"):
+                      "dynamics_out_scale_enc_tied", "dynamics_out_scale_vel_tied", "dynamics_out_scale_state_tied",
+                      "dynamics_out_scale_vel_tied_s10", "dynamics_out_scale_state_tied_s10"):
         learner = _learner(trainable=trainable, dp_noise_multiplier=z)
+        trainable = trainable.removesuffix("_s10")  # a slower full-column group: the same structure
         before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
         for _ in range(5):
             learner.train_step()
@@ -178,3 +180,24 @@ def test_small_trainable_sets_move_only_their_coordinates(z):
                     assert torch.allclose(db[:, c], db[0, c].expand(w.shape[0]), atol=5e-7), (c, db[:, c])
                 else:  # independent members
                     assert max(scale) - min(scale) > 1e-6, (c, scale)
+
+
+def test_a_slower_subspace_group_takes_the_same_step_scaled():
+    """dynamics_out_scale_state_tied_s10: the same subspace as dynamics_out_scale_state_tied, its full-column
+    group's Adam step scaled by 0.1 (the per-member scales' step unchanged)."""
+    moved = {}
+    for trainable in ("dynamics_out_scale_state_tied", "dynamics_out_scale_state_tied_s10"):
+        learner = _learner(trainable=trainable, dp_noise_multiplier=0.0)
+        before = [p.detach().clone() for p in learner._params]
+        learner.train_step()
+        assert learner.steps == 1
+        moved[trainable] = torch.cat([(p.detach() - b).reshape(-1) @ basis.T
+                                      for p, b, basis in zip(learner._params, before, learner._basis, strict=True)])
+        basis_rows = [b.shape[0] for b in learner._basis]
+    a, s = moved["dynamics_out_scale_state_tied"], moved["dynamics_out_scale_state_tied_s10"]
+    scale_rows = 20  # w3 rows first: 5 members x 4 columns, then the 4 x 64 full-column rows, then b3's 20
+    full = slice(scale_rows, basis_rows[0])
+    keep = torch.cat([a[:scale_rows], a[basis_rows[0]:]]), torch.cat([s[:scale_rows], s[basis_rows[0]:]])
+    assert a[full].abs().sum() > 0
+    torch.testing.assert_close(keep[1], keep[0], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(s[full], 0.1 * a[full], rtol=1e-3, atol=1e-8)
