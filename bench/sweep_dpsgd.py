@@ -23,14 +23,16 @@ import time
 import numpy as np
 
 
-def parse_config(s: str) -> tuple[str, float, float]:
-    trainable, clip, lr = s.split(":")
-    return trainable, float(clip), float(lr)
+def parse_config(s: str) -> tuple[str, float, float, float | None]:
+    """TRAINABLE:CLIP:LR[:Z]; Z (a fixed noise multiplier, epsilon whatever it gives) only for capacity
+    checks: a configuration is a candidate only without it (epsilon <= 8 from the accountant)."""
+    trainable, clip, lr, *z = s.split(":")
+    return trainable, float(clip), float(lr), (float(z[0]) if z else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("configs", nargs="+", help="TRAINABLE:CLIP:LR")
+    p.add_argument("configs", nargs="+", help="TRAINABLE:CLIP:LR[:Z]")
     p.add_argument("--cache", default="out/fleet_sweep", help="data cache directory (the experiment's npz)")
     p.add_argument("--log", help="JSON lines file (default CACHE/sweep.jsonl)")
     a = p.parse_args(argv)
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     log = a.log or os.path.join(a.cache, "sweep.jsonl")
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     for s in a.configs:
-        trainable, clip, lr = parse_config(s)
-        cfg = dataclasses.replace(base_cfg, dpsgd_trainable=trainable, dpsgd_clip=clip, dpsgd_lr=lr)
+        trainable, clip, lr, z = parse_config(s)
+        cfg = dataclasses.replace(base_cfg, dpsgd_trainable=trainable, dpsgd_clip=clip, dpsgd_lr=lr, dpsgd_noise=z)
         torch.manual_seed(cfg.seed)
         runner = _Runner(cfg, ckpt.world_model, data)
         t = time.time()
