@@ -65,6 +65,7 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_out_scale_state_tied": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale_vel_tied_s10": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale_state_tied_s10": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied_s3": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_scale_state_tied_s30": ("dynamics.w3", "dynamics.b3")}
 # sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
 # construction, name -> (output columns, tied): "dynamics_out_scale" = per member, a scale of each output
@@ -86,6 +87,7 @@ SUBSPACE_COLUMNS = {"dynamics_out_scale": ((2, 3, 4, 5), False), "dynamics_out_s
                     "dynamics_out_scale_state_tied": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full")),
                     "dynamics_out_scale_vel_tied_s10": (((2, 3, 4, 5), False), ((4, 5), True, "full", 0.1)),
                     "dynamics_out_scale_state_tied_s10": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 0.1)),
+                    "dynamics_out_scale_state_tied_s3": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 0.3)),
                     "dynamics_out_scale_state_tied_s30": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 1 / 30))}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
