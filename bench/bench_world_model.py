@@ -299,7 +299,8 @@ def main(argv=None) -> int:
                                      "slowdown_vs_plain": res["train_step_alone"]["steps_per_s"]
                                      * float(np.mean(steps))}
     # the same with DP-SGD in the 40-coordinate output-scale subspace (trainable="dynamics_out_scale", what
-    # the fleet experiment's DP method fine-tunes): per-sample gradients of the output layer only
+    # the fleet experiment's DP method fine-tuned before its 296-coordinate dynamics_out_scale_state_tied_s10;
+    # not re-measured for that one): per-sample gradients of the output layer only
     dps = OnlineLearner(WorldModel(wm.config), lr=1e-2, buffer_size=5000, batch_size=32, grad_clip=1e9,
                         dp_noise_multiplier=1.0, dp_clip_norm=0.2, trainable="dynamics_out_scale")
     dps.model.load_state_dict(wm.state_dict())

@@ -248,11 +248,12 @@ WORLD_MODEL = NodeSchema(
           1e-6, 1e6, read_only=True),
         P("learn_trainable", str, "dynamics", "What learns online: 'dynamics' (ensemble + collision head, the "
           "exchanged coordinates) or a smaller subset for DP-SGD, whose noise grows with the number of trained "
-          "coordinates: 'dynamics_out_scale' (40: a scale of each member's heading/velocity output column + "
-          "bias; the fleet experiment's DP setting, docs/fleet_experiment.md), 'dynamics_out_state', "
-          "'dynamics_out_velocity', 'dynamics_out', 'dynamics_bias'.", "", read_only=True,
-          choices=("dynamics", "dynamics_out_scale", "dynamics_out_state", "dynamics_out_velocity",
-                   "dynamics_out", "dynamics_bias")),
+          "coordinates: 'dynamics_out_scale_state_tied_s10' (296: a scale of each member's heading/velocity "
+          "output column + bias, and those columns' weights tied across members at 1/10 of the lr; the fleet "
+          "experiment's DP setting, docs/fleet_experiment.md), 'dynamics_out_scale' (40: the scales alone), "
+          "'dynamics_out_state', 'dynamics_out_velocity', 'dynamics_out', 'dynamics_bias'.", "", read_only=True,
+          choices=("dynamics", "dynamics_out_scale_state_tied_s10", "dynamics_out_scale", "dynamics_out_state",
+                   "dynamics_out_velocity", "dynamics_out", "dynamics_bias")),
         P("dp_delta", float, 1e-5, "Record-level DP-SGD: the delta epsilon is reported at.", "", 1e-12, 0.1,
           read_only=True),
         P("epsilon_budget", float, 0.0, "Record-level epsilon budget of this robot over the life of its privacy "

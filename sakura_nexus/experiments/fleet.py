@@ -108,11 +108,13 @@ class ExperimentConfig:
     dpsgd_epsilon: float = 8.0
     # per-sample gradient L2 clip, here of the subspace coefficients' gradient (chosen on validation; the
     # node's dp_clip_norm default is for its full-dynamics DP)
-    dpsgd_clip: float = 0.2
+    dpsgd_clip: float = 0.1
     dpsgd_noise: float | None = None  # None: from dpsgd_epsilon (privacy.noise_for_epsilon)
     # what DP-SGD fine-tunes (OnlineLearner trainable; the shipped model is public pretraining, and the
     # noise norm grows as sqrt(trained coordinates)), its lr (None: lr) and expected batch (q = batch / n)
-    dpsgd_trainable: str = "dynamics_out_scale"  # 40 coordinates (OnlineLearner SUBSPACE_COLUMNS)
+    # 296 coordinates (OnlineLearner SUBSPACE_COLUMNS): per-member scales of the heading/velocity output
+    # columns + bias (40) and those columns' full weights tied across members (256, Adam step x 0.1)
+    dpsgd_trainable: str = "dynamics_out_scale_state_tied_s10"
     dpsgd_lr: float | None = 1e-2  # chosen on validation (docs/fleet_experiment.md)
     dpsgd_batch_size: int | None = None  # None: batch_size
     dpsgd_tie_members: bool = False  # one DP update shared by the ensemble members (OnlineLearner)

@@ -55,12 +55,40 @@ TRAINABLE_SETS = {"dynamics": TRAINABLE_PREFIXES, "all": ("",),
                   "dynamics_b3": ("dynamics.b3",),
                   "dynamics_out_state": ("dynamics.w3", "dynamics.b3"),
                   "dynamics_out_velocity": ("dynamics.w3", "dynamics.b3"),
-                  "dynamics_out_scale": ("dynamics.w3", "dynamics.b3")}
+                  "dynamics_out_scale": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale6": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale6_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_enc_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_all_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_vel_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_vel_tied_s10": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied_s10": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied_s3": ("dynamics.w3", "dynamics.b3"),
+                  "dynamics_out_scale_state_tied_s30": ("dynamics.w3", "dynamics.b3")}
 # sets that learn in a fixed low-dimensional subspace built from the PUBLIC (shipped) weights at
-# construction: "dynamics_out_scale" = per member, a scale of each output column of the heading and
-# velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the shipped w3 column) and
-# its bias: 5 members x 4 x 2 = 40 coordinates. The learner's Adam runs on these coefficients.
-SUBSPACE_COLUMNS = {"dynamics_out_scale": (2, 3, 4, 5)}
+# construction, name -> (output columns, tied): "dynamics_out_scale" = per member, a scale of each output
+# column of the heading and velocity change (latent dims 2-5: cos dθ, sin dθ, v, w; the direction of the
+# shipped w3 column) and its bias: 5 members x 4 x 2 = 40 coordinates; "dynamics_out_scale6" the same
+# for the pose change too (dims 0-5: 60). "_tied": one scale and one bias shift per column shared by all
+# ensemble members (each member's column keeps its own direction and grows by the same factor): 8 / 12
+# coordinates. The learner's Adam runs on these coefficients. A group may carry a step scale (4th field,
+# after the kind): its coefficients' Adam step is multiplied by it (a fixed rescaling of the noised
+# step: post-processing, no privacy cost), e.g. "_s10": the full-column group moves at 1/10 of the lr of
+# the per-member scales (one lr cannot suit both: a scale coefficient moves a whole column, a full-column
+# coefficient one weight of size ~0.01).
+SUBSPACE_COLUMNS = {"dynamics_out_scale": ((2, 3, 4, 5), False), "dynamics_out_scale6": (tuple(range(6)), False),
+                    "dynamics_out_scale_tied": ((2, 3, 4, 5), True),
+                    "dynamics_out_scale6_tied": (tuple(range(6)), True),
+                    "dynamics_out_scale_enc_tied": (((2, 3, 4, 5), False), (tuple(range(6, 32)), True)),
+                    "dynamics_out_scale_all_tied": (tuple(range(2, 32)), True),
+                    "dynamics_out_scale_vel_tied": (((2, 3, 4, 5), False), ((4, 5), True, "full")),
+                    "dynamics_out_scale_state_tied": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full")),
+                    "dynamics_out_scale_vel_tied_s10": (((2, 3, 4, 5), False), ((4, 5), True, "full", 0.1)),
+                    "dynamics_out_scale_state_tied_s10": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 0.1)),
+                    "dynamics_out_scale_state_tied_s3": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 0.3)),
+                    "dynamics_out_scale_state_tied_s30": (((2, 3, 4, 5), False), ((2, 3, 4, 5), True, "full", 1 / 30))}
 # sets that learn only part of a parameter: name -> index of the learning coordinates (the rest get no
 # gradient, so Adam leaves them alone). "dynamics_out_state": the output columns of the pose and
 # velocity change (x, y, cos, sin, v, w: latent dims 0-5) of every member, 1,950 coordinates;
@@ -181,7 +209,7 @@ class OnlineLearner:
         for p in model.parameters():
             p.requires_grad_(any(p is q for q in self._params))
         self.lr = float(lr)
-        self._basis = self._build_basis(learn, SUBSPACE_COLUMNS.get(trainable))
+        self._basis, self._step_scale = self._build_basis(learn, SUBSPACE_COLUMNS.get(trainable))
         self._coef = (torch.nn.Parameter(torch.zeros(sum(b.shape[0] for b in self._basis if b is not None)))
                       if self._basis is not None else None)
         self.optimizer = self._make_optimizer()
@@ -205,7 +233,7 @@ class OnlineLearner:
         # DP-SGD releases ONE update shared by every ensemble member (the per-sample gradient summed over
         # the members, clipped, noised, applied to each): 1/members the noised coordinates
         self.dp_tie_members = bool(dp_tie_members)
-        if self.dp_tie_members and any(mk is not None for mk in self._masks):
+        if self.dp_tie_members and (self._basis is not None or any(mk is not None for mk in self._masks)):
             raise ValueError(f"dp_tie_members does not combine with trainable={trainable!r}")
         self.accountant = RDPAccountant(target_delta=self.dp_delta)
         self.budget_exhausted = False
@@ -322,25 +350,41 @@ class OnlineLearner:
         return torch.optim.Adam([self._coef] if self._coef is not None else self._params, lr=self.lr)
 
     @staticmethod
-    def _build_basis(learn, columns) -> list[torch.Tensor | None] | None:
-        """Per learning parameter an orthonormal (r, numel) basis of its subspace (None: no subspace)."""
-        if columns is None:
-            return None
+    def _build_basis(learn, spec) -> tuple[list[torch.Tensor | None] | None, torch.Tensor | None]:
+        """Per learning parameter an orthonormal (r, numel) basis of its subspace (None: no subspace), and
+        the step scale of every coefficient (None: all 1); ``spec``: (output columns, tied) of
+        SUBSPACE_COLUMNS, or a tuple of groups (columns, tied[, kind[, step scale]])."""
+        if spec is None:
+            return None, None
+        groups = (spec,) if isinstance(spec[1], bool) else spec  # (columns, tied) or ((columns, tied[, kind]), ...)
         out: list[torch.Tensor | None] = []
+        scales: list[float] = []
         for n, p in learn:
             rows = []
-            for k in range(p.shape[0]):
-                for c in columns:
-                    e = torch.zeros_like(p)
-                    if n == "dynamics.w3":
-                        e[k, :, c] = p.detach()[k, :, c]
-                    elif n == "dynamics.b3":
-                        e[k, :, c] = 1.0
-                    else:
-                        continue
-                    rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
-            out.append(torch.stack(rows) if rows else None)
-        return out
+            for columns, tied, *rest in groups:
+                full = rest[:1] == ["full"]  # every w3 entry of the columns (no bias: the scale groups carry it)
+                step_scale = float(rest[1]) if len(rest) > 1 else 1.0
+                for k in [slice(None)] if tied else range(p.shape[0]):  # tied: one row spans every member
+                    for c in columns:
+                        for h in range(p.shape[1]) if full and n == "dynamics.w3" else [slice(None)]:
+                            e = torch.zeros_like(p)
+                            if n == "dynamics.w3":
+                                e[k, h, c] = 1.0 if full else p.detach()[k, h, c]
+                            elif n == "dynamics.b3" and not full:
+                                e[k, :, c] = 1.0
+                            else:
+                                continue
+                            rows.append((e / e.norm().clamp_min(1e-12)).reshape(-1))
+                            scales.append(step_scale)
+            if rows:
+                b = torch.stack(rows)
+                if not torch.allclose(b @ b.T, torch.eye(len(rows)), atol=1e-5):  # overlapping groups
+                    # Gram-Schmidt order: each row keeps its group's direction minus the earlier groups'
+                    b = torch.linalg.qr(b.T.double()).Q.T.float()
+                out.append(b)
+            else:
+                out.append(None)
+        return out, (torch.tensor(scales) if any(x != 1.0 for x in scales) else None)
 
     def _subspace_step(self, grads: list | None, coef_grad: torch.Tensor | None = None) -> None:
         """One Adam step on the subspace coefficients; the weights move by basis^T (coefficient step)."""
@@ -351,6 +395,8 @@ class OnlineLearner:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         step = self._coef.detach().clone()
+        if self._step_scale is not None:  # a slower group: a fixed rescaling of the (noised) Adam step
+            step = step * self._step_scale
         with torch.no_grad():
             self._coef.zero_()
             off = 0

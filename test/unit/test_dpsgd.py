@@ -128,10 +128,15 @@ def test_budget_stops_learning_within_it_and_the_ledger_survives_a_restart(tmp_p
 
 @pytest.mark.parametrize("z", [0.0, 1.0])
 def test_small_trainable_sets_move_only_their_coordinates(z):
-    """dynamics_out_state / _velocity learn only their output columns; dynamics_out_scale moves each
-    member's heading/velocity output column along its own shipped direction (a scale) and its bias."""
-    for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale"):
+    """dynamics_out_state / _velocity learn only their output columns; dynamics_out_scale(6) moves each
+    member's heading/velocity (and pose) output column along its own shipped direction (a scale) and its
+    bias; the _tied variants by the same relative scale and the same bias shift in every member."""
+    for trainable in ("dynamics_out_state", "dynamics_out_velocity", "dynamics_out_scale", "dynamics_out_scale6",
+                      "dynamics_out_scale_tied", "dynamics_out_scale6_tied", "dynamics_out_scale_all_tied",
+                      "dynamics_out_scale_enc_tied", "dynamics_out_scale_vel_tied", "dynamics_out_scale_state_tied",
+                      "dynamics_out_scale_vel_tied_s10", "dynamics_out_scale_state_tied_s10"):
         learner = _learner(trainable=trainable, dp_noise_multiplier=z)
+        trainable = trainable.removesuffix("_s10")  # a slower full-column group: the same structure
         before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
         for _ in range(5):
             learner.train_step()
@@ -142,15 +147,57 @@ def test_small_trainable_sets_move_only_their_coordinates(z):
             if n not in ("dynamics.w3", "dynamics.b3"):
                 assert not d.any(), (trainable, n)
         cols = {"dynamics_out_state": range(0, 6), "dynamics_out_velocity": range(4, 6),
-                "dynamics_out_scale": range(2, 6)}[trainable]
+                "dynamics_out_scale": range(2, 6), "dynamics_out_scale6": range(0, 6),
+                "dynamics_out_scale_tied": range(2, 6), "dynamics_out_scale6_tied": range(0, 6),
+                "dynamics_out_scale_all_tied": range(2, 32), "dynamics_out_scale_enc_tied": range(2, 32),
+                "dynamics_out_scale_vel_tied": range(2, 6), "dynamics_out_scale_state_tied": range(2, 6)}[trainable]
         other = [c for c in range(32) if c not in cols]
         for n in ("dynamics.w3", "dynamics.b3"):
             d = after[n].detach() - before[n]
             assert not d[..., other].any() and d[..., list(cols)].abs().sum() > 0, (trainable, n)
-        if trainable == "dynamics_out_scale":  # w3 column k, c moved parallel to itself
+        if trainable in ("dynamics_out_scale_vel_tied", "dynamics_out_scale_state_tied"):
+            # per-member scales + one additive change of the full columns shared by every member: the
+            # members' changes differ only along their own shipped columns
             d = after["dynamics.w3"].detach() - before["dynamics.w3"]
             w = before["dynamics.w3"]
-            for k in range(w.shape[0]):
-                for c in cols:
+            for c in {"dynamics_out_scale_vel_tied": (4, 5), "dynamics_out_scale_state_tied": (2, 3, 4, 5)}[trainable]:
+                a = torch.stack([w[0, :, c], w[1, :, c], d[0, :, c]], 1)
+                res = torch.linalg.lstsq(a, d[1, :, c:c + 1]).residuals
+                assert float(res.sum()) < 1e-6 * float(d[1, :, c].square().sum()) + 1e-14, c
+        elif trainable.startswith("dynamics_out_scale"):  # w3 column k, c moved parallel to itself
+            d = after["dynamics.w3"].detach() - before["dynamics.w3"]
+            w = before["dynamics.w3"]
+            db = (after["dynamics.b3"].detach() - before["dynamics.b3"])[:, 0]
+            for c in cols:
+                scale = []
+                for k in range(w.shape[0]):
                     cos = torch.nn.functional.cosine_similarity(d[k, :, c], w[k, :, c], dim=0)
                     assert abs(abs(float(cos)) - 1.0) < 1e-4
+                    scale.append(float(d[k, :, c] @ w[k, :, c] / w[k, :, c].square().sum()))
+                tied = trainable.endswith("_tied") and not (trainable == "dynamics_out_scale_enc_tied" and c < 6)
+                if tied:  # one scale and one bias shift for every member (f32 ulps)
+                    assert max(scale) - min(scale) < 1e-4 * max(1e-3, max(map(abs, scale))), (c, scale)
+                    assert torch.allclose(db[:, c], db[0, c].expand(w.shape[0]), atol=5e-7), (c, db[:, c])
+                else:  # independent members
+                    assert max(scale) - min(scale) > 1e-6, (c, scale)
+
+
+def test_a_slower_subspace_group_takes_the_same_step_scaled():
+    """dynamics_out_scale_state_tied_s10: the same subspace as dynamics_out_scale_state_tied, its full-column
+    group's Adam step scaled by 0.1 (the per-member scales' step unchanged)."""
+    moved = {}
+    for trainable in ("dynamics_out_scale_state_tied", "dynamics_out_scale_state_tied_s10"):
+        learner = _learner(trainable=trainable, dp_noise_multiplier=0.0)
+        before = [p.detach().clone() for p in learner._params]
+        learner.train_step()
+        assert learner.steps == 1
+        moved[trainable] = torch.cat([(p.detach() - b).reshape(-1) @ basis.T
+                                      for p, b, basis in zip(learner._params, before, learner._basis, strict=True)])
+        basis_rows = [b.shape[0] for b in learner._basis]
+    a, s = moved["dynamics_out_scale_state_tied"], moved["dynamics_out_scale_state_tied_s10"]
+    scale_rows = 20  # w3 rows first: 5 members x 4 columns, then the 4 x 64 full-column rows, then b3's 20
+    full = slice(scale_rows, basis_rows[0])
+    keep = torch.cat([a[:scale_rows], a[basis_rows[0]:]]), torch.cat([s[:scale_rows], s[basis_rows[0]:]])
+    assert a[full].abs().sum() > 0
+    torch.testing.assert_close(keep[1], keep[0], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(s[full], 0.1 * a[full], rtol=1e-3, atol=1e-8)

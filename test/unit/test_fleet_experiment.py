@@ -85,5 +85,6 @@ def test_fleet_experiment_quick(tmp_path):
         r = rep["methods"][m]
         assert r["steps"] + r["skipped_grad"] + r["skipped_nonfinite"] == rep["gradient_steps_per_method"], m
     # ~45 s wall-clock on a quiet 2-core host; the hard bound is on CPU time so the test is not flaky
-    # when other jobs share the cores
-    assert cpu < 120, f"--quick used {cpu:.0f} s of CPU ({elapsed:.0f} s wall-clock)"
+    # when other jobs share the cores. 150 s since DP-SGD trains the 296-coordinate subspace (its method
+    # took 35 s of the 121 s of a loaded run, the 40-coordinate one about a third of that)
+    assert cpu < 150, f"--quick used {cpu:.0f} s of CPU ({elapsed:.0f} s wall-clock)"
