@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sakura_nexus.federated.experiment import PRIMARY, ExperimentConfig, _Runner, build_data
+    from sakura_nexus.experiments.fleet import PRIMARY, ExperimentConfig, _Runner, build_data
     from sakura_nexus.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
