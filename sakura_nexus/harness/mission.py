@@ -28,7 +28,10 @@ class Mission:
     reception timestamps are recorded, with (msg, MessageInfo) callbacks on a SingleThreadedExecutor
     (the EventsExecutor of rclpy 9.1 cannot call those)."""
 
-    def __init__(self, namespace: str = "", hops: bool = False, diagnostics: bool = False):
+    def __init__(self, namespace: str = "", hops: bool = False, diagnostics: bool = False, frames: bool = True):
+        """``frames``: also take the camera's frames (their stamps: image -> cmd_vel latency) and camera
+        info; a run that does not report latency (the soak) leaves them out: ~30 VGA frames/s copied into
+        this process cost the harness CPU the robot stack then lacks on a 2-core machine."""
         import rclpy
         from geometry_msgs.msg import PoseStamped, Twist
         from nav_msgs.msg import Odometry, Path
@@ -61,11 +64,12 @@ class Mission:
         tsub = self.timing.create_subscription
         tsub(Path, ns + "plan", self._on_plan, state_qos(10))
         tsub(Twist, ns + "cmd_vel", self._on_cmd, state_qos(50))
-        tsub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
-        # the image itself, serialized (no deserialisation of the pixels): only its stamp is read
-        from sensor_msgs.msg import Image
+        if frames:
+            tsub(CameraInfo, ns + "camera/camera_info", self._on_info, sensor_qos())
+            # the image itself, serialized (no deserialisation of the pixels): only its stamp is read
+            from sensor_msgs.msg import Image
 
-        tsub(Image, ns + "camera/image_raw", self._on_image_raw, sensor_qos(), raw=True)
+            tsub(Image, ns + "camera/image_raw", self._on_image_raw, sensor_qos(), raw=True)
         if hops:
             from sakura_nexus.msg import Observation
 

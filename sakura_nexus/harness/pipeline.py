@@ -48,7 +48,8 @@ class Pipeline:
 
     def __init__(self, out: pathlib.Path, seed: int = 0, controller: str = "mpc", overrides: dict | None = None,
                  fleet: bool = False, startup_timeout: float = 120.0, hops: bool = False, diagnostics: bool = False,
-                 domain_id: int | None = None, composed: bool = False, stack_cpus: str | None = None):
+                 domain_id: int | None = None, composed: bool = False, stack_cpus: str | None = None,
+                 frames: bool = True):
         # composed: perception, world_model and policy in one nexus_container process (one executor);
         # stack_cpus: run those (not sim_node, not the harness) under `taskset -c stack_cpus`
         self.composed, self.stack_cpus = composed, stack_cpus
@@ -57,7 +58,7 @@ class Pipeline:
         self.seed, self.controller, self.fleet = seed, controller, fleet
         self.overrides = overrides or {}
         self.startup_timeout = startup_timeout
-        self._mission_kw = {"hops": hops, "diagnostics": diagnostics}
+        self._mission_kw = {"hops": hops, "diagnostics": diagnostics, "frames": frames}
         self.env = bringup.ros_environment(domain_id, log_dir=str(self.out / "logs"))
         self.sup = Supervisor(self.env, self.out / "logs", [str(config_file("nexus.yaml"))])
         self.mission: Mission | None = None
@@ -147,6 +148,9 @@ class Pipeline:
             rclpy.try_shutdown()
 
 
+FLEET_HOST_NICE = 10  # nice level of the aggregator (the fleet host's stand-in) beside the robot stack
+
+
 def _fleet_keys(out: pathlib.Path) -> tuple[str, str]:
     """(private key, trusted-keys file) of the demo fleet, in <out>/state/keys (new for every output dir)."""
     from sakura_nexus.federated.common.signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys
@@ -164,9 +168,11 @@ def _start_fleet(sup: Supervisor, out: pathlib.Path, keys: tuple[str, str]) -> N
     from sakura_nexus.federated.fleet.superlink import aggregator_command
 
     port = free_port()
-    sup.start_command("aggregator", aggregator_command(str(out / "state" / "aggregator"), port=port,
+    # the aggregator stands in for the fleet host; on the robot's own cores it must not take CPU the robot
+    # stack needs (nice 10: it gets what the stack leaves; its rounds only come later when the box is busy)
+    sup.start_command("aggregator", ["nice", "-n", str(FLEET_HOST_NICE), *aggregator_command(str(out / "state" / "aggregator"), port=port,
                                                        init_world_model="shipped", buffer_size=1,
-                                                       sync_interval=2.0, signing_key=keys[0]))
+                                                       sync_interval=2.0, signing_key=keys[0])])
     wait_healthy("127.0.0.1", port, 90, proc=sup.procs["aggregator"])
     sup.start(bringup.FEDERATED_SYNC, {"trusted_keys": keys[1], "superlink": f"127.0.0.1:{port}",
                                        "spool_dir": str(out / "state" / "spool"),

@@ -464,6 +464,7 @@ class PolicyNode(NexusNode):
             self.drop("duplicate_world_state" if stamp == self._state_time else "out_of_order")
             return
         self._state, self._state_time = msg, stamp
+        self.diag.sample("state_age_ms", (self._now() - stamp) * 1e3)  # image stamp -> here (the watchdog's input)
         self._target, finish = self._plan(msg)
         self._publish_safe(self._now(), msg)
         if finish is not None and self._plan_pub.is_activated and self._plan_pub.get_subscription_count():
@@ -547,6 +548,8 @@ class PolicyNode(NexusNode):
         cmd = self._safety.filter(target[0], target[1], now, self._state_time, unc, risk, goal_reached=reached)
         self._sent = (cmd.v, cmd.w)
         self.diag.set("safety", ",".join(cmd.reasons) or "nominal")
+        for r in cmd.reasons:  # how often each limit acted (a watchdog that trips every few ticks is a lag)
+            self.diag.count(f"safety_{r}")
         self._publish(cmd.v, cmd.w, msg.header.stamp if msg is not None else None)
         self._last_pub = now
 
