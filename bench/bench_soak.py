@@ -72,7 +72,7 @@ class Ledgers:
                 self.values.setdefault(node, {})["_now"] = kv
 
     def snapshot(self) -> dict:
-        """Every node's last diagnostic values except its input ledgers (for a goal that timed out)."""
+        """Every node's last diagnostic values except its input ledgers (recorded with each goal)."""
         with self.lock:
             return {n: {k: v for k, v in kv.get("_now", {}).items() if not k.startswith("input/")}
                     for n, kv in self.values.items()}

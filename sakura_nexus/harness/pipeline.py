@@ -169,10 +169,10 @@ def _start_fleet(sup: Supervisor, out: pathlib.Path, keys: tuple[str, str]) -> N
 
     port = free_port()
     # the aggregator stands in for the fleet host; on the robot's own cores it must not take CPU the robot
-    # stack needs (nice 10: it gets what the stack leaves; its rounds only come later when the box is busy)
-    sup.start_command("aggregator", ["nice", "-n", str(FLEET_HOST_NICE), *aggregator_command(str(out / "state" / "aggregator"), port=port,
-                                                       init_world_model="shipped", buffer_size=1,
-                                                       sync_interval=2.0, signing_key=keys[0])])
+    # stack needs (niced, it gets what the stack leaves; its rounds only come later when the box is busy)
+    cmd = aggregator_command(str(out / "state" / "aggregator"), port=port, init_world_model="shipped",
+                             buffer_size=1, sync_interval=2.0, signing_key=keys[0])
+    sup.start_command("aggregator", ["nice", "-n", str(FLEET_HOST_NICE), *cmd])
     wait_healthy("127.0.0.1", port, 90, proc=sup.procs["aggregator"])
     sup.start(bringup.FEDERATED_SYNC, {"trusted_keys": keys[1], "superlink": f"127.0.0.1:{port}",
                                        "spool_dir": str(out / "state" / "spool"),

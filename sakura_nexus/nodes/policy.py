@@ -436,8 +436,8 @@ class PolicyNode(NexusNode):
 
     def _on_world_state(self, msg: WorldState) -> None:
         self._callback_t0 = time.perf_counter()
-        stamp = _stamp_s(msg.header.stamp)
-        if self.future_stamp(stamp, self.checked_now(), "world_state"):
+        stamp, now = _stamp_s(msg.header.stamp), self.checked_now()
+        if self.future_stamp(stamp, now, "world_state"):
             return
         if msg.header.frame_id != self.params.odom_frame:
             self.drop("world_state_frame", f"world_state in frame '{msg.header.frame_id}', "
@@ -464,7 +464,7 @@ class PolicyNode(NexusNode):
             self.drop("duplicate_world_state" if stamp == self._state_time else "out_of_order")
             return
         self._state, self._state_time = msg, stamp
-        self.diag.sample("state_age_ms", (self._now() - stamp) * 1e3)  # image stamp -> here (the watchdog's input)
+        self.diag.sample("state_age_ms", (now - stamp) * 1e3)  # image stamp -> arrival (the watchdog's input)
         self._target, finish = self._plan(msg)
         self._publish_safe(self._now(), msg)
         if finish is not None and self._plan_pub.is_activated and self._plan_pub.get_subscription_count():
